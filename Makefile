@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine:
+#   make demo   -- train a small GrootV on scikit-learn's digits, write runs/demo/
+#   make test   -- run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo bench venv clean
+
+venv: $(STAMP)
+
+# torch/torchvision are pinned here (not in pyproject) because the package itself works
+# with any torch >= 2.4; this is the exact build the project is developed and tested with.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test,lm,dense]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m grootvl demo --output runs/demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_models.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

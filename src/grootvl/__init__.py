@@ -1,0 +1,8 @@
+"""grootvl: tree-topology state space models (GrootV, GrootL) on CPU and GPU.
+
+``grootvl.ops`` holds the tree construction and tree scan operators; ``grootvl.models``
+the GrootV backbones (registered with timm on import); ``grootvl.grootl`` tree scanning
+for Hugging Face Mamba language models; ``grootvl.dense`` detection/segmentation heads.
+"""
+
+__version__ = "0.1.0"

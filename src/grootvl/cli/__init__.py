@@ -1,0 +1,1 @@
+"""The ``grootvl`` command line; each sub-command lives in its own module."""
