@@ -1,0 +1,19 @@
+"""Tree construction and tree scan operators (no nn.Module here).
+
+``grid_tree`` / ``minimum_spanning_tree`` / ``bfs_tree`` build a batch of rooted spanning
+trees; ``tree_scan`` propagates a state space model over them in linear time (DESIGN.md §2).
+Every operator takes ``impl=`` to pick its implementation; the default is the fastest one for
+the tensors' device.
+"""
+from .tree import Tree, bfs_tree, grid_edges, grid_tree
+from .mst import minimum_spanning_tree
+from .tree_scan import tree_scan
+
+__all__ = [
+    "Tree",
+    "bfs_tree",
+    "grid_edges",
+    "grid_tree",
+    "minimum_spanning_tree",
+    "tree_scan",
+]
