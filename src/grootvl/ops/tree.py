@@ -1,0 +1,236 @@
+"""Rooted spanning trees for the tree scan: the ``Tree`` container, grid graphs and BFS.
+
+``grid_tree`` is what a GrootV layer calls: edge costs from the guide features on the
+4-neighbour grid (DESIGN.md §3), their minimum spanning tree, and a breadth-first order from
+vertex 0. Tree construction is registered as custom ops (``grootvl::minimum_spanning_tree``,
+``grootvl::bfs_tree``) so ``torch.compile`` keeps each one as a single opaque node. The BFS
+output ``level_offsets`` has a data-dependent length (the tree depth); its fake impl
+allocates it with an unbacked dynamic size, so compiled graphs stay valid for any depth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import _tree_torch
+from .mst import check_impl, check_vertex_range, minimum_spanning_tree
+
+GRID_COSTS = ("cosine", "l2")
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A batch of rooted spanning trees on ``L`` vertices, in breadth-first order.
+
+    Attributes:
+        order: (B, L) vertices in breadth-first order; ``order[:, 0]`` is the root.
+        parent: (B, L) ``parent[b, v]`` is the parent of vertex ``v``; -1 at the root.
+        level_offsets: (B, D+1) level ``d`` of row ``b`` is ``order[b, off[b, d]:off[b, d+1]]``;
+            D is the largest number of levels in the batch, shorter rows are padded with L,
+            and ``level_offsets[:, 0] == 0``.
+    """
+
+    order: Tensor
+    parent: Tensor
+    level_offsets: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.order.shape[0]
+
+    @property
+    def num_vertices(self) -> int:
+        return self.order.shape[1]
+
+    @property
+    def root(self) -> Tensor:
+        """(B,) vertex id of each row's root (``order[:, 0]``)."""
+        return self.order[:, 0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.order.device
+
+    def to(self, device: torch.device | str) -> "Tree":
+        """The same trees with all tensors on ``device``."""
+        return Tree(self.order.to(device), self.parent.to(device), self.level_offsets.to(device))
+
+    def check_compatible(self, x: Tensor, name: str = "x") -> None:
+        """Raise a ValueError/TypeError unless ``x`` (B, L, ...) can be scanned over this tree."""
+        check_tree_matches(self, x, name)
+
+
+def check_tree_matches(tree: Tree, x: Tensor, name: str = "x") -> None:
+    """Validate that ``x`` has shape (B, L, ...) on the tree's device; metadata only (no sync)."""
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be a grootvl.ops.Tree (from grid_tree or bfs_tree), got {type(tree).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape (B, L, C), got {type(x).__name__}")
+    for field in ("order", "parent", "level_offsets"):
+        t = getattr(tree, field)
+        if t.dtype != torch.long or t.dim() != 2:
+            raise ValueError(f"tree.{field} must be a 2-D LongTensor, got {t.dtype} of shape {tuple(t.shape)}")
+    if x.dim() < 2 or x.shape[0] != tree.batch_size or x.shape[1] != tree.num_vertices:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)} but the tree has batch size {tree.batch_size} and "
+            f"{tree.num_vertices} vertices; {name} must be (B, L, ...) = "
+            f"({tree.batch_size}, {tree.num_vertices}, ...) (channels last)"
+        )
+    if x.device != tree.device:
+        raise ValueError(f"{name} is on {x.device} but the tree is on {tree.device}; use tree.to({name}.device)")
+
+
+def grid_edges(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+    """4-neighbour edges of an ``height`` x ``width`` grid, vertex id = row * width + col.
+
+    Returns (E, 2) with E = (H-1)*W + H*(W-1): first all vertical pairs (r*W+c, (r+1)*W+c)
+    in row-major order of (r, c), then all horizontal pairs (r*W+c, r*W+c+1). The order
+    matters: ties between equal costs are broken by this index.
+    """
+    for arg, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    ids = torch.arange(height * width, device=device).view(height, width)
+    vertical = torch.stack([ids[:-1, :].reshape(-1), ids[1:, :].reshape(-1)], dim=1)
+    horizontal = torch.stack([ids[:, :-1].reshape(-1), ids[:, 1:].reshape(-1)], dim=1)
+    return torch.cat([vertical, horizontal], dim=0)
+
+
+@torch.library.custom_op("grootvl::bfs_tree", mutates_args=())
+def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    check_vertex_range(tree_edges, num_vertices, "tree_edges")
+    if impl == "numba":
+        order, parent, level_offsets, reached = _bfs_numba(tree_edges, num_vertices, root)
+    else:
+        order, parent, level_offsets, reached = _tree_torch.bfs_levels(tree_edges, num_vertices, root)
+    if order.shape[0] and bool((reached != num_vertices).any()):
+        row = int(torch.nonzero(reached != num_vertices)[0, 0])
+        raise ValueError(
+            f"tree_edges[{row}] is not a spanning tree: from root {root} it reaches only "
+            f"{int(reached[row])} of {num_vertices} vertices (it has a cycle or is disconnected); "
+            "pass the output of minimum_spanning_tree"
+        )
+    return order, parent, level_offsets
+
+
+@_bfs_op.register_fake
+def _(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    batch = tree_edges.shape[0]
+    num_offsets = torch.library.get_ctx().new_dynamic_size()  # tree depth + 1: data-dependent
+    order = tree_edges.new_empty((batch, num_vertices))
+    return order, tree_edges.new_empty((batch, num_vertices)), tree_edges.new_empty((batch, num_offsets))
+
+
+def _bfs_numba(tree_edges: Tensor, num_vertices: int, root: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from . import _tree_numba
+
+    batch = tree_edges.shape[0]
+    order = torch.empty(batch, num_vertices, dtype=torch.long)
+    parent = torch.empty(batch, num_vertices, dtype=torch.long)
+    level_ends = torch.full((batch, num_vertices), num_vertices, dtype=torch.long)
+    num_levels = torch.zeros(batch, dtype=torch.long)
+    reached = torch.zeros(batch, dtype=torch.long)
+    if batch:
+        _tree_numba.bfs_batch(
+            tree_edges.contiguous().numpy(), num_vertices, root, order.numpy(), parent.numpy(),
+            level_ends.numpy(), num_levels.numpy(), reached.numpy(),
+        )
+    depth = int(num_levels.max()) if batch else 1
+    level_offsets = torch.cat([torch.zeros(batch, 1, dtype=torch.long), level_ends[:, :depth]], dim=1)
+    return order, parent, level_offsets, reached
+
+
+def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | None = None) -> Tree:
+    """Root every tree of a batch at ``root`` and order its vertices breadth first.
+
+    Args:
+        tree_edges: (B, V-1, 2) integer vertex ids; each row must form a spanning tree on
+            ``num_vertices`` vertices (e.g. the output of ``minimum_spanning_tree``).
+        num_vertices: V >= 1.
+        root: root vertex id for every row (GrootV uses 0, GrootL uses V-1).
+        impl: ``"numba"`` (CPU), ``"torch"`` (level-synchronous, any device) or None.
+
+    Returns:
+        A ``Tree`` on the device of ``tree_edges``.
+    """
+    if not isinstance(tree_edges, Tensor):
+        raise TypeError(f"tree_edges must be a LongTensor of shape (B, V-1, 2), got {type(tree_edges).__name__}")
+    if tree_edges.dtype.is_floating_point or tree_edges.dtype.is_complex or tree_edges.dtype == torch.bool:
+        raise TypeError(f"tree_edges must hold integer vertex ids, got dtype {tree_edges.dtype}; use tree_edges.long()")
+    if not isinstance(num_vertices, int) or isinstance(num_vertices, bool) or num_vertices < 1:
+        raise ValueError(f"num_vertices must be a positive int, got {num_vertices!r}")
+    if tree_edges.dim() != 3 or tree_edges.shape[1] != num_vertices - 1 or tree_edges.shape[2] != 2:
+        raise ValueError(
+            f"tree_edges must have shape (B, V-1, 2) = (B, {num_vertices - 1}, 2) for num_vertices={num_vertices}, "
+            f"got {tuple(tree_edges.shape)}"
+        )
+    if not isinstance(root, int) or isinstance(root, bool) or not 0 <= root < num_vertices:
+        raise ValueError(f"root must be an int vertex id in [0, {num_vertices - 1}], got {root!r}")
+    impl = check_impl(impl, tree_edges.device)
+    order, parent, level_offsets = _bfs_op(tree_edges.long(), num_vertices, root, impl)
+    return Tree(order, parent, level_offsets)
+
+
+def grid_edge_costs(guide: Tensor, cost: str = "cosine") -> Tensor:
+    """Float32 costs (B, E) of the ``grid_edges(H, W)`` of a guide (B, C, H, W).
+
+    ``"cosine"``: exp(-cosine similarity) of neighbouring feature vectors, computed exactly as
+    the original GrootV (float32, vertical then horizontal neighbour slices reshaped to
+    (B, C, -1), ``torch.cosine_similarity`` along dim 1) so equal costs tie identically.
+    ``"l2"``: squared Euclidean distance.
+    """
+    if cost not in GRID_COSTS:
+        raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
+    # Cast first: bf16/fp16 guides under autocast must not change the tree more than needed;
+    # contiguous so channels-last guides reduce in the same order as the original.
+    guide = guide.detach().float().contiguous()
+    batch, channels = guide.shape[:2]
+    upper, lower = guide[:, :, :-1, :].reshape(batch, channels, -1), guide[:, :, 1:, :].reshape(batch, channels, -1)
+    left, right = guide[:, :, :, :-1].reshape(batch, channels, -1), guide[:, :, :, 1:].reshape(batch, channels, -1)
+    if cost == "cosine":
+        vertical = torch.exp(-torch.cosine_similarity(upper, lower, dim=1))
+        horizontal = torch.exp(-torch.cosine_similarity(left, right, dim=1))
+    else:
+        vertical = (upper - lower).square().sum(dim=1)
+        horizontal = (left - right).square().sum(dim=1)
+    return torch.cat([vertical, horizontal], dim=1)
+
+
+def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> Tree:
+    """Minimum spanning tree of the 4-neighbour grid of ``guide``, rooted at vertex 0.
+
+    Args:
+        guide: (B, C, H, W) features (any float dtype, any memory format); the edge cost of
+            neighbours u, v is computed from ``guide[:, :, u]`` and ``guide[:, :, v]`` in float32.
+        cost: ``"cosine"`` (default, as GrootV) or ``"l2"``; see ``grid_edge_costs``.
+        impl: tree construction implementation, ``"numba"`` (CPU), ``"torch"`` or None.
+
+    Returns:
+        A ``Tree`` on L = H*W vertices (vertex id = row * W + col). No gradient.
+    """
+    if not isinstance(guide, Tensor):
+        raise TypeError(f"guide must be a (B, C, H, W) tensor, got {type(guide).__name__}")
+    if guide.dim() != 4:
+        raise ValueError(
+            f"guide must be 4-D (B, C, H, W), got shape {tuple(guide.shape)}; "
+            "for a channels-last (B, H, W, C) tensor pass guide.permute(0, 3, 1, 2)"
+        )
+    if not guide.dtype.is_floating_point:
+        raise TypeError(f"guide must be a floating-point tensor, got {guide.dtype}; use guide.float()")
+    impl = check_impl(impl, guide.device)
+    height, width = guide.shape[2], guide.shape[3]
+    with torch.no_grad(), _autocast_off(guide.device):
+        costs = grid_edge_costs(guide, cost)
+        edges = grid_edges(height, width, device=guide.device)
+        tree_edges = minimum_spanning_tree(edges, costs, height * width, impl=impl)
+        return bfs_tree(tree_edges, height * width, root=0, impl=impl)
+
+
+def _autocast_off(device: torch.device):
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    from contextlib import nullcontext
+
+    return nullcontext()
