@@ -1,0 +1,221 @@
+"""``tree_scan``: the public tree scan operator (DESIGN.md §2) and its custom ops.
+
+Two ``torch.library`` custom ops carry the work so the scan is opaque to ``torch.compile``
+and differentiable through a closed-form backward rather than autograd through a loop:
+
+* ``grootvl::tree_scan`` (x, decay, order, parent, level_offsets, mode, impl) -> (y, up):
+  ``up`` (the up pass) is saved for backward; for mode "subtree" it equals y, so an empty
+  tensor is returned in its place and y is saved instead.
+* ``grootvl::tree_scan_backward`` (grad_y, decay, order, parent, level_offsets, up, y, mode,
+  impl) -> (grad_x, grad_decay).
+
+Each implementation is a backend module in this package exposing ``scan_forward`` and
+``scan_backward`` (see the module docstrings); they are imported lazily on first use.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tree import Tree
+
+__all__ = ["tree_scan", "available_impls", "default_impl"]
+
+MODES = ("full", "subtree")
+_BACKENDS = {
+    "reference": "grootvl.ops.scan_reference",
+    "torch": "grootvl.ops.scan_torch",
+    "numba": "grootvl.ops.scan_numba",
+    "triton": "grootvl.ops.scan_triton",
+}
+_CPU_ONLY = {"numba"}
+_CUDA_ONLY = {"triton"}
+_loaded: dict[str, ModuleType] = {}
+_warned_no_triton = False
+
+
+def _backend(impl: str) -> ModuleType:
+    if impl not in _loaded:
+        try:
+            _loaded[impl] = importlib.import_module(_BACKENDS[impl])
+        except ImportError as err:
+            raise RuntimeError(
+                f"tree_scan impl={impl!r} is not available: importing {_BACKENDS[impl]} "
+                f"failed ({err}). Pass impl='torch' to use the portable implementation."
+            ) from err
+    return _loaded[impl]
+
+
+def available_impls() -> list[str]:
+    """Names of the backends that import on this machine."""
+    names = []
+    for name in _BACKENDS:
+        try:
+            _backend(name)
+        except RuntimeError:
+            continue
+        names.append(name)
+    return names
+
+
+def default_impl(device: torch.device) -> str:
+    """Fastest backend for a device: CPU numba, CUDA triton (torch, with a warning, if absent)."""
+    global _warned_no_triton
+    if device.type == "cpu":
+        return "numba"
+    if device.type == "cuda":
+        try:
+            _backend("triton")
+            return "triton"
+        except RuntimeError as err:
+            if not _warned_no_triton:
+                _warned_no_triton = True
+                warnings.warn(f"{err} Falling back to impl='torch' on CUDA, which is much "
+                              "slower.", RuntimeWarning, stacklevel=3)
+    return "torch"
+
+
+def _half_inputs(impl: str) -> bool:
+    """Whether a backend takes fp16/bf16 x and decay directly (and computes in float32)."""
+    return bool(getattr(_backend(impl), "HALF_INPUTS", False))
+
+
+# --------------------------------------------------------------------------- custom ops
+
+@torch.library.custom_op("grootvl::tree_scan", mutates_args=())
+def _tree_scan_op(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+                  level_offsets: Tensor, mode: str, impl: str) -> tuple[Tensor, Tensor]:
+    out_dtype = torch.promote_types(x.dtype, torch.float32)
+    if x.numel() == 0:
+        y = torch.zeros(x.shape, dtype=out_dtype, device=x.device)
+        return y, (y.new_empty(0) if mode == "subtree" else y.clone())
+    y, up = _backend(impl).scan_forward(x, decay, order, parent, level_offsets, mode)
+    if mode == "subtree":
+        return y, y.new_empty(0)  # outputs may not alias: backward uses y as up
+    return y, up
+
+
+@_tree_scan_op.register_fake
+def _(x, decay, order, parent, level_offsets, mode, impl):
+    y = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    return y, (y.new_empty(0) if mode == "subtree" else torch.empty_like(y))
+
+
+@torch.library.custom_op("grootvl::tree_scan_backward", mutates_args=())
+def _tree_scan_backward_op(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+                           level_offsets: Tensor, up: Tensor, y: Tensor, mode: str, impl: str
+                           ) -> tuple[Tensor, Tensor]:
+    if grad_y.numel() == 0:
+        return torch.zeros_like(grad_y), torch.zeros_like(grad_y)
+    return _backend(impl).scan_backward(grad_y, decay, order, parent, level_offsets, up, y, mode)
+
+
+@_tree_scan_backward_op.register_fake
+def _(grad_y, decay, order, parent, level_offsets, up, y, mode, impl):
+    return torch.empty_like(grad_y), torch.empty_like(grad_y)
+
+
+def _setup_context(ctx, inputs, output):
+    x, decay, order, parent, level_offsets, mode, impl = inputs
+    y, up = output
+    ctx.mode, ctx.impl = mode, impl
+    ctx.x_dtype, ctx.decay_dtype = x.dtype, decay.dtype
+    ctx.save_for_backward(decay, order, parent, level_offsets, y if mode == "subtree" else up, y)
+    ctx.mark_non_differentiable(up)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the unused `up` output
+
+
+def _backward(ctx, grad_y, grad_up):
+    if grad_y is None:
+        return (None,) * 7
+    decay, order, parent, level_offsets, up, y = ctx.saved_tensors
+    grad_x, grad_decay = _tree_scan_backward_op(
+        grad_y.contiguous().to(y.dtype), decay, order, parent, level_offsets, up, y,
+        ctx.mode, ctx.impl)
+    return (grad_x.to(ctx.x_dtype), grad_decay.to(ctx.decay_dtype),
+            None, None, None, None, None)
+
+
+_tree_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public API
+
+def _check_index(name: str, t: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
+    if t.dtype != torch.long:
+        raise TypeError(f"tree.{name} must be int64 (torch.long), got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"tree.{name} is on {t.device} but x is on {device}; "
+                         "move the tree with tree.to(x.device)")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"tree.{name} has shape {tuple(t.shape)}, expected {shape}")
+
+
+def tree_scan(x: Tensor, decay: Tensor, tree: "Tree", mode: str = "full",
+              impl: str | None = None) -> Tensor:
+    """Propagate ``x`` over ``tree`` with per-edge ``decay`` (DESIGN.md §2), in O(L) per channel.
+
+    Args:
+        x: (B, L, C) inputs, channels-last, floating point.
+        decay: (B, L, C) decay of each vertex's edge to its parent, in (0, 1]; the root's
+            entry is unused.
+        tree: a ``grootvl.ops.Tree`` with batch size B on L vertices.
+        mode: "full" (every vertex sees every other vertex) or "subtree" (each vertex sees its
+            descendants and itself; causal for a tree rooted at the last token).
+        impl: "reference" (dense O(L^2), tests only), "torch", "numba" (CPU) or "triton"
+            (CUDA); None picks the fastest for x's device.
+
+    Returns:
+        (B, L, C) tensor in x's dtype. float16/bfloat16 inputs are computed in float32.
+        Differentiable in x and decay.
+    """
+    if not isinstance(x, Tensor) or not isinstance(decay, Tensor):
+        raise TypeError("tree_scan: x and decay must be tensors")
+    if x.dim() != 3:
+        raise ValueError(f"tree_scan: x must be (B, L, C), got shape {tuple(x.shape)}")
+    if decay.shape != x.shape:
+        raise ValueError(f"tree_scan: decay has shape {tuple(decay.shape)} but x has "
+                         f"{tuple(x.shape)}; they must match (B, L, C)")
+    for name, t in (("x", x), ("decay", decay)):
+        if not t.is_floating_point():
+            raise TypeError(f"tree_scan: {name} must be a floating point tensor, got {t.dtype}; "
+                            f"convert it with {name}.float()")
+    if decay.device != x.device:
+        raise ValueError(f"tree_scan: decay is on {decay.device} but x is on {x.device}; "
+                         "put them on the same device")
+    if mode not in MODES:
+        raise ValueError(f"tree_scan: mode must be one of {MODES}, got {mode!r}")
+    B, L, _ = x.shape
+    if tree.order.dim() != 2 or tree.order.shape[0] != B:
+        raise ValueError(f"tree_scan: the tree has batch size {tree.order.shape[0]} but x has "
+                         f"batch size {B}")
+    if tree.order.shape[1] != L:
+        raise ValueError(f"tree_scan: the tree has {tree.order.shape[1]} vertices but x has "
+                         f"L = {L}; x must be (B, num_vertices, C)")
+    _check_index("order", tree.order, (B, L), x.device)
+    _check_index("parent", tree.parent, (B, L), x.device)
+    _check_index("level_offsets", tree.level_offsets, (B, tree.level_offsets.shape[-1]), x.device)
+    if impl is None:
+        impl = default_impl(x.device)
+    if impl not in _BACKENDS:
+        raise ValueError(f"tree_scan: unknown impl {impl!r}; choose one of {list(_BACKENDS)} "
+                         "or None for the fastest on the device")
+    if impl in _CPU_ONLY and x.device.type != "cpu":
+        raise ValueError(f"tree_scan: impl={impl!r} runs on CPU only, but x is on {x.device}")
+    if impl in _CUDA_ONLY and x.device.type != "cuda":
+        raise ValueError(f"tree_scan: impl={impl!r} runs on CUDA only, but x is on {x.device}")
+
+    out_dtype = torch.promote_types(x.dtype, decay.dtype)
+    compute = torch.promote_types(out_dtype, torch.float32)
+    if compute != out_dtype and _half_inputs(impl) and x.dtype == decay.dtype:
+        compute = x.dtype  # the backend reads half precision itself and returns float32
+    y, _ = _tree_scan_op(x.to(compute).contiguous(), decay.to(compute).contiguous(),
+                         tree.order.contiguous(), tree.parent.contiguous(),
+                         tree.level_offsets.contiguous(), mode, impl)
+    return y.to(out_dtype)
