@@ -1,0 +1,174 @@
+"""Triton tree scan kernels, run on the CPU by Triton's interpreter (no GPU needed).
+
+TRITON_INTERPRET is read when kernels are defined, so the checks run in ONE subprocess that
+sets it before importing triton (this file re-executed with --worker); it prints one JSON
+line of measured errors, and each test below asserts on its part. Shapes are tiny because
+the interpreter runs every tile op in numpy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+WORKER_TIMEOUT_S = 240
+
+
+# ------------------------------------------------------------------------------ worker side
+
+def _random_tree(batch: int, num_vertices: int, root: int, generator):
+    """A uniformly relabelled random recursive tree per row, rooted at ``root``."""
+    import torch
+    from grootvl.ops import bfs_tree
+
+    rows = []
+    for _ in range(batch):
+        label = torch.randperm(num_vertices, generator=generator)
+        child = torch.arange(1, num_vertices)
+        parent = (torch.rand(num_vertices - 1, generator=generator) * child).long()
+        rows.append(torch.stack([label[child], label[parent]], dim=1))
+    return bfs_tree(torch.stack(rows), num_vertices, root=root)
+
+
+def _shuffle_levels(tree, generator):
+    """The same trees in another breadth-first order (vertices permuted within each level)."""
+    import torch
+    from grootvl.ops import Tree
+
+    order = tree.order.clone()
+    L = order.shape[1]
+    for b in range(order.shape[0]):
+        offs = [o for o in tree.level_offsets[b].tolist() if o < L] + [L]
+        for lo, hi in zip(offs[:-1], offs[1:]):
+            order[b, lo:hi] = order[b, lo:hi][torch.randperm(hi - lo, generator=generator)]
+    return Tree(order, tree.parent, tree.level_offsets)
+
+
+def _max_err(a, b) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def _worker() -> dict:
+    import importlib
+
+    import torch
+    from grootvl.ops import grid_tree, scan_reference, scan_triton, tree_scan
+
+    tree_scan_module = importlib.import_module("grootvl.ops.tree_scan")  # (name shadowed)
+
+    gen = torch.Generator().manual_seed(0)
+    cases = {
+        # 4x6 image grid tree; C=5 in an 8-wide channel block exercises the channel mask.
+        "grid": (grid_tree(torch.randn(2, 3, 4, 6, generator=gen), impl="numba"), 5,
+                 dict(block_v=8, block_c=8)),
+        # Random recursive trees have wide levels, so 4-vertex tiles need several per level;
+        # C=6 in 4-wide blocks gives two channel blocks per row. BFS order shuffled per level.
+        "random": (_shuffle_levels(_random_tree(2, 30, 7, gen), gen), 6,
+                   dict(block_v=4, block_c=4)),
+    }
+    dtypes = {"grid": (torch.float64, torch.float32), "random": (torch.float64,)}
+    out: dict = {}
+    for name, (tree, C, config) in cases.items():
+        B, L = tree.order.shape
+        args = (tree.order, tree.parent, tree.level_offsets)
+        x = torch.randn(B, L, C, generator=gen, dtype=torch.float64)
+        decay = 0.2 + 0.8 * torch.rand(B, L, C, generator=gen, dtype=torch.float64)
+        g = torch.randn(B, L, C, generator=gen, dtype=torch.float64)
+        for mode in ("full", "subtree"):
+            y_ref, up_ref = scan_reference.scan_forward(x, decay, *args, mode)
+            gx_ref, gd_ref = scan_reference.scan_backward(g, decay, *args, up_ref, y_ref, mode)
+            for dtype in dtypes[name]:
+                y, up = scan_triton.scan_forward(x.to(dtype), decay.to(dtype), *args, mode,
+                                                 **config)
+                gx, gd = scan_triton.scan_backward(g.to(dtype), decay.to(dtype), *args, up, y,
+                                                   mode, **config)
+                out[f"{name}/{mode}/{dtype}"] = {
+                    "dtype": str(y.dtype), "y": _max_err(y, y_ref), "up": _max_err(up, up_ref),
+                    "grad_x": _max_err(gx, gx_ref), "grad_decay": _max_err(gd, gd_ref),
+                    "scale": max(y_ref.abs().max().item(), gd_ref.abs().max().item())}
+
+    # bf16 in: the backend reads bf16 and accumulates in float32 (compare with the exact scan
+    # of the bf16-rounded inputs; bf16 accumulation would be ~1e-2 off).
+    tree, C, config = cases["grid"]
+    B, L = tree.order.shape
+    args = (tree.order, tree.parent, tree.level_offsets)
+    x = torch.randn(B, L, C, generator=gen).bfloat16()
+    decay = (0.2 + 0.8 * torch.rand(B, L, C, generator=gen)).bfloat16()
+    y_ref, _ = scan_reference.scan_forward(x.double(), decay.double(), *args, "full")
+    y, _ = scan_triton.scan_forward(x, decay, *args, "full", **config)
+    out["bf16_backend"] = {"dtype": str(y.dtype), "y": _max_err(y, y_ref),
+                           "scale": y_ref.abs().max().item()}
+
+    # Through the public op (custom op + autograd), bf16 in -> bf16 out. The dispatcher only
+    # sends CUDA tensors to triton; under the interpreter CPU tensors are fine, so lift that.
+    tree_scan_module._CUDA_ONLY.discard("triton")
+    xr, dr = x.clone().requires_grad_(True), decay.clone().requires_grad_(True)
+    y_pub = tree_scan(xr, dr, tree, "full", impl="triton")
+    gy = torch.randn(y_pub.shape, generator=gen).bfloat16()
+    gx_pub, gd_pub = torch.autograd.grad(y_pub, (xr, dr), gy)
+    xq, dq = x.double().requires_grad_(True), decay.double().requires_grad_(True)
+    y_q = tree_scan(xq, dq, tree, "full", impl="reference")
+    gx_q, gd_q = torch.autograd.grad(y_q, (xq, dq), gy.double())
+    out["bf16_public"] = {
+        "dtypes": [str(t.dtype) for t in (y_pub, gx_pub, gd_pub)],
+        "y": _max_err(y_pub, y_q) / y_q.abs().max().item(),
+        "grad_x": _max_err(gx_pub, gx_q) / gx_q.abs().max().item(),
+        "grad_decay": _max_err(gd_pub, gd_q) / gd_q.abs().max().item()}
+
+    # Without the interpreter, CPU tensors must be refused with a message naming the fix.
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        scan_triton.scan_forward(x, decay, *args, "full")
+        out["cpu_refused"] = None
+    except ValueError as err:
+        out["cpu_refused"] = str(err)
+    return out
+
+
+# ------------------------------------------------------------------------------ pytest side
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True,
+                          text=True, timeout=WORKER_TIMEOUT_S)
+    assert proc.returncode == 0, f"interpreter worker failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case, dtype", [("grid", "torch.float64"), ("grid", "torch.float32"),
+                                         ("random", "torch.float64")])
+@pytest.mark.parametrize("mode", ["full", "subtree"])
+def test_forward_and_gradients_match_dense_oracle(results, case, mode, dtype):
+    r = results[f"{case}/{mode}/{dtype}"]
+    tol = 1e-10 if dtype == "torch.float64" else 1e-5 * max(1.0, r["scale"])
+    assert r["dtype"] == dtype
+    for key in ("y", "up", "grad_x", "grad_decay"):
+        assert r[key] < tol, (key, r)
+
+
+def test_bf16_inputs_accumulate_in_float32(results):
+    r = results["bf16_backend"]
+    assert r["dtype"] == "torch.float32"
+    assert r["y"] < 1e-5 * max(1.0, r["scale"]), r
+
+
+def test_public_op_bf16_in_bf16_out_with_gradients(results):
+    r = results["bf16_public"]
+    assert r["dtypes"] == ["torch.bfloat16"] * 3
+    for key in ("y", "grad_x", "grad_decay"):
+        assert r[key] < 1e-2, (key, r)  # bf16 output rounding only (2^-8 relative)
+
+
+def test_cpu_tensors_refused_without_interpreter(results):
+    assert results["cpu_refused"] is not None
+    assert "impl='numba'" in results["cpu_refused"]
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    print(json.dumps(_worker()))
