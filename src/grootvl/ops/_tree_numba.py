@@ -21,9 +21,15 @@ def _find(root_of, v):
 
 @nb.njit(cache=True)
 def _sortable_keys(costs_row, keys):
-    """Map float32 costs to uint32 keys with the same order (-0.0 == +0.0 like float compare)."""
+    """Map float32 costs to uint32 keys with the same order (-0.0 == +0.0 like float compare).
+
+    Returns True if a cost is NaN (NaN has no place in the order).
+    """
     bits = costs_row.view(np.uint32)
+    has_nan = False
     for i in range(bits.shape[0]):
+        if costs_row[i] != costs_row[i]:
+            has_nan = True
         b = bits[i]
         if b == np.uint32(0x80000000):  # -0.0 compares equal to +0.0
             b = np.uint32(0)
@@ -31,6 +37,7 @@ def _sortable_keys(costs_row, keys):
             keys[i] = ~b
         else:
             keys[i] = b | np.uint32(0x80000000)
+    return has_nan
 
 
 @nb.njit(cache=True)
@@ -63,13 +70,16 @@ def _radix_argsort_u32(keys, order, scratch, count):
 def kruskal_f32(edges, costs, num_vertices, out, num_used):
     """Kruskal on every row of ``costs`` (B, E) float32; out (B, V-1, 2), edges by index.
 
-    ``num_used[b]`` receives the number of tree edges found (V-1 iff the graph is connected).
+    ``num_used[b]`` receives the number of tree edges found (V-1 iff the graph is connected),
+    or -1 if row b has a NaN cost.
     """
     batch = costs.shape[0]
     num_edges = edges.shape[0]
     for b in nb.prange(batch):
         keys = np.empty(num_edges, np.uint32)
-        _sortable_keys(costs[b], keys)
+        if _sortable_keys(costs[b], keys):
+            num_used[b] = -1
+            continue
         order = np.empty(num_edges, np.int64)
         scratch = np.empty(num_edges, np.int64)
         count = np.empty(257, np.int64)
@@ -82,6 +92,9 @@ def kruskal_any(edges, costs, num_vertices, out, num_used):
     """Kruskal for float64 (or any float) costs, with a stable merge-sort argsort."""
     batch = costs.shape[0]
     for b in nb.prange(batch):
+        if np.isnan(costs[b]).any():
+            num_used[b] = -1
+            continue
         order = np.argsort(costs[b], kind="mergesort")
         num_used[b] = _kruskal_row(edges, order, num_vertices, out[b])
 
@@ -168,3 +181,86 @@ def bfs_batch(tree_edges, num_vertices, root, order, parent, level_ends, num_lev
             levels += 1
         num_levels[b] = levels
         reached[b] = tail
+
+
+_COST_BLOCK = 2048  # pixels per parallel job: the three accumulators stay in L1
+
+
+@nb.njit(cache=True, parallel=True)
+def grid_costs(guide, cosine, costs):
+    """Edge costs of the 4-neighbour grid of a contiguous float32 guide (B, C, H, W).
+
+    cosine=True: exp(-cos(u, v)) with cos = <u, v> / (max(|u|, eps) * max(|v|, eps)) and
+    eps = 1e-8 as in torch.cosine_similarity; cosine=False: |u - v|^2. costs (B, E) is filled
+    in ``grid_edges`` order: vertical edges, then horizontal ones.
+
+    One streaming pass over the guide: pixels are split in blocks; for every channel a block
+    accumulates |x_p|^2, <x_p, x_{p+W}> (down) and <x_p, x_{p+1}> (right) with contiguous,
+    vectorisable loops. Sums run over channels in order, in float32.
+    """
+    batch, channels, height, width = guide.shape
+    hw = height * width
+    flat = guide.reshape(batch, channels, hw)
+    sq = np.empty((batch, hw), np.float32)
+    down = np.empty((batch, hw), np.float32)
+    right = np.empty((batch, hw), np.float32)
+    blocks = (hw + _COST_BLOCK - 1) // _COST_BLOCK
+    for job in nb.prange(batch * blocks):
+        b = job // blocks
+        p0 = (job - b * blocks) * _COST_BLOCK
+        p1 = min(p0 + _COST_BLOCK, hw)
+        n_down = max(min(p1, hw - width) - p0, 0)  # pixels that have a lower neighbour
+        n_right = max(min(p1, hw - 1) - p0, 0)  # (wrap-around pairs are discarded below)
+        # Fresh local accumulators: LLVM knows they alias nothing, so the loops vectorise.
+        acc_sq = np.zeros(p1 - p0, np.float32)
+        acc_down = np.zeros(p1 - p0, np.float32)
+        acc_right = np.zeros(p1 - p0, np.float32)
+        for ch in range(channels):
+            x = flat[b, ch, p0:]
+            x_down = flat[b, ch, p0 + width:]
+            x_right = flat[b, ch, p0 + 1:]
+            if cosine:
+                for i in range(n_down):
+                    a = x[i]
+                    acc_sq[i] += a * a
+                    acc_down[i] += a * x_down[i]
+                    acc_right[i] += a * x_right[i]
+                for i in range(n_down, p1 - p0):
+                    a = x[i]
+                    acc_sq[i] += a * a
+                    if i < n_right:
+                        acc_right[i] += a * x_right[i]
+            else:
+                for i in range(n_down):
+                    a = x[i]
+                    d = a - x_down[i]
+                    acc_down[i] += d * d
+                    d = a - x_right[i]
+                    acc_right[i] += d * d
+                for i in range(n_down, n_right):
+                    d = x[i] - x_right[i]
+                    acc_right[i] += d * d
+        sq[b, p0:p1] = acc_sq
+        down[b, p0:p1] = acc_down
+        right[b, p0:p1] = acc_right
+    num_vertical = (height - 1) * width
+    eps = np.float32(1e-8)
+    for job in nb.prange(batch * height):
+        b = job // height
+        r = job - b * height
+        for c in range(width):
+            p = r * width + c
+            norm = max(np.sqrt(sq[b, p]), eps)
+            if r + 1 < height:
+                if cosine:
+                    below = max(np.sqrt(sq[b, p + width]), eps)
+                    costs[b, p] = np.exp(-(down[b, p] / (norm * below)))
+                else:
+                    costs[b, p] = down[b, p]
+            if c + 1 < width:
+                k = num_vertical + r * (width - 1) + c
+                if cosine:
+                    beside = max(np.sqrt(sq[b, p + 1]), eps)
+                    costs[b, k] = np.exp(-(right[b, p] / (norm * beside)))
+                else:
+                    costs[b, k] = right[b, p]

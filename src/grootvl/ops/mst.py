@@ -80,19 +80,25 @@ def check_vertex_range(edges: Tensor, num_vertices: int, arg: str) -> None:
 @torch.library.custom_op("grootvl::minimum_spanning_tree", mutates_args=())
 def _mst_op(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tensor:
     check_vertex_range(edges, num_vertices, "edges")
-    if costs.numel() and bool(torch.isnan(costs).any()):
-        raise ValueError("costs contains NaN; a minimum spanning tree needs ordered costs (check the guide features)")
     if costs.dtype in (torch.float16, torch.bfloat16):
         costs = costs.float()  # exact conversion: the order of the costs is unchanged
     if impl == "numba":
-        tree_edges, num_used = _mst_numba(edges, costs, num_vertices)
+        tree_edges, num_used = _mst_numba(edges, costs, num_vertices)  # num_used -1: NaN
     else:
         tree_edges, num_used = _tree_torch.boruvka(edges, costs, num_vertices)
+        if costs.numel():
+            num_used = torch.where(torch.isnan(costs).any(dim=1), -1, num_used)
     if tree_edges.shape[0] and bool((num_used != num_vertices - 1).any()):
         row = int(torch.nonzero(num_used != num_vertices - 1)[0, 0])
+        if int(num_used[row]) < 0:
+            raise ValueError(
+                f"costs[{row}] contains NaN; a minimum spanning tree needs ordered costs "
+                "(check the features the costs come from)"
+            )
         raise ValueError(
-            f"the graph given by edges is not connected (row {row} of costs spans only "
-            f"{int(num_used[row]) + 1} of {num_vertices} vertices); a spanning tree needs connected edges"
+            f"the graph given by edges is not connected (with the costs of row {row}, the minimum "
+            f"spanning forest has {num_vertices - int(num_used[row])} components, not 1); "
+            "a spanning tree needs edges that connect all num_vertices vertices"
         )
     return tree_edges
 

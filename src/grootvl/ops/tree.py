@@ -173,22 +173,36 @@ def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | N
     return Tree(order, parent, level_offsets)
 
 
-def grid_edge_costs(guide: Tensor, cost: str = "cosine") -> Tensor:
+def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> Tensor:
     """Float32 costs (B, E) of the ``grid_edges(H, W)`` of a guide (B, C, H, W).
 
-    ``"cosine"``: exp(-cosine similarity) of neighbouring feature vectors, computed exactly as
-    the original GrootV (float32, vertical then horizontal neighbour slices reshaped to
-    (B, C, -1), ``torch.cosine_similarity`` along dim 1) so equal costs tie identically.
-    ``"l2"``: squared Euclidean distance.
+    ``"cosine"``: exp(-cosine similarity) of neighbouring feature vectors; ``"l2"``: squared
+    Euclidean distance. The guide is cast to float32 first (a bf16 guide under autocast gives
+    the tree of its float32 values).
+
+    ``impl="torch"`` evaluates the cosine cost exactly as the original GrootV (vertical, then
+    horizontal neighbour slices reshaped to (B, C, -1), ``torch.cosine_similarity`` along dim
+    1, then ``torch.exp(-w)``), so on the device the original ran on, equal costs tie the same
+    way. ``impl="numba"`` (CPU default) computes the same formula in one streaming pass over
+    the guide; it may differ from the torch path in the last float32 bit.
     """
     if cost not in GRID_COSTS:
         raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
-    # Cast first: bf16/fp16 guides under autocast must not change the tree more than needed;
-    # contiguous so channels-last guides reduce in the same order as the original.
+    impl = check_impl(impl, guide.device)
+    # contiguous: channels-last guides reduce in the same order as the original's NCHW ones.
     guide = guide.detach().float().contiguous()
-    batch, channels = guide.shape[:2]
-    upper, lower = guide[:, :, :-1, :].reshape(batch, channels, -1), guide[:, :, 1:, :].reshape(batch, channels, -1)
-    left, right = guide[:, :, :, :-1].reshape(batch, channels, -1), guide[:, :, :, 1:].reshape(batch, channels, -1)
+    batch, channels, height, width = guide.shape
+    if impl == "numba":
+        from . import _tree_numba
+
+        costs = torch.empty(batch, (height - 1) * width + height * (width - 1))
+        if costs.numel():
+            _tree_numba.grid_costs(guide.numpy(), cost == "cosine", costs.numpy())
+        return costs
+    vertical_shape = (batch, channels, (height - 1) * width)
+    horizontal_shape = (batch, channels, height * (width - 1))
+    upper, lower = guide[:, :, :-1, :].reshape(vertical_shape), guide[:, :, 1:, :].reshape(vertical_shape)
+    left, right = guide[:, :, :, :-1].reshape(horizontal_shape), guide[:, :, :, 1:].reshape(horizontal_shape)
     if cost == "cosine":
         vertical = torch.exp(-torch.cosine_similarity(upper, lower, dim=1))
         horizontal = torch.exp(-torch.cosine_similarity(left, right, dim=1))
@@ -219,10 +233,12 @@ def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> T
         )
     if not guide.dtype.is_floating_point:
         raise TypeError(f"guide must be a floating-point tensor, got {guide.dtype}; use guide.float()")
+    if cost not in GRID_COSTS:
+        raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
     impl = check_impl(impl, guide.device)
     height, width = guide.shape[2], guide.shape[3]
     with torch.no_grad(), _autocast_off(guide.device):
-        costs = grid_edge_costs(guide, cost)
+        costs = grid_edge_costs(guide, cost, impl=impl)
         edges = grid_edges(height, width, device=guide.device)
         tree_edges = minimum_spanning_tree(edges, costs, height * width, impl=impl)
         return bfs_tree(tree_edges, height * width, root=0, impl=impl)
