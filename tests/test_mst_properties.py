@@ -198,3 +198,20 @@ def test_bfs_tree_root_last_on_chain():
         assert tree.parent.tolist() == [[1, 2, 3, 4, 5, -1]]
         assert tree.level_offsets.tolist() == [[0, 1, 2, 3, 4, 5, 6]]
         assert int(tree.root[0]) == length - 1
+
+
+@SETTINGS
+@given(num_vertices=st.integers(2, 8), data=st.data())
+def test_bfs_tree_accepts_exactly_spanning_trees(num_vertices, data):
+    # Arbitrary V-1 vertex pairs (self-loops, duplicates, cycles included).
+    pair = st.tuples(st.integers(0, num_vertices - 1), st.integers(0, num_vertices - 1))
+    pairs = data.draw(st.lists(pair, min_size=num_vertices - 1, max_size=num_vertices - 1))
+    root = data.draw(st.integers(0, num_vertices - 1))
+    tree_edges = torch.tensor([pairs], dtype=torch.long)
+    spanning = is_spanning_tree([list(p) for p in pairs], num_vertices)
+    for impl in IMPLS:
+        if spanning:
+            check_tree(bfs_tree(tree_edges, num_vertices, root=root, impl=impl), tree_edges, num_vertices, root)
+        else:
+            with pytest.raises(ValueError, match="is not a spanning tree"):
+                bfs_tree(tree_edges, num_vertices, root=root, impl=impl)

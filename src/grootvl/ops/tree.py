@@ -103,14 +103,14 @@ def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tupl
     check_vertex_range(tree_edges, num_vertices, "tree_edges")
     if impl == "numba":
         order, parent, level_offsets, reached = _bfs_numba(tree_edges, num_vertices, root)
+        ok = reached == num_vertices
     else:
-        order, parent, level_offsets, reached = _tree_torch.bfs_levels(tree_edges, num_vertices, root)
-    if order.shape[0] and bool((reached != num_vertices).any()):
-        row = int(torch.nonzero(reached != num_vertices)[0, 0])
+        order, parent, level_offsets, ok = _tree_torch.bfs_euler(tree_edges, num_vertices, root)
+    if order.shape[0] and not bool(ok.all()):
+        row = int(torch.nonzero(~ok)[0, 0])
         raise ValueError(
-            f"tree_edges[{row}] is not a spanning tree: from root {root} it reaches only "
-            f"{int(reached[row])} of {num_vertices} vertices (it has a cycle or is disconnected); "
-            "pass the output of minimum_spanning_tree"
+            f"tree_edges[{row}] is not a spanning tree of the {num_vertices} vertices (it has a cycle "
+            "or is disconnected); pass the output of minimum_spanning_tree"
         )
     return order, parent, level_offsets
 
@@ -150,7 +150,8 @@ def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | N
             ``num_vertices`` vertices (e.g. the output of ``minimum_spanning_tree``).
         num_vertices: V >= 1.
         root: root vertex id for every row (GrootV uses 0, GrootL uses V-1).
-        impl: ``"numba"`` (CPU), ``"torch"`` (level-synchronous, any device) or None.
+        impl: ``"numba"`` (CPU) or ``"torch"`` (any device; O(log V) batched steps via the
+            Euler tour, one host sync) or None (numba on CPU, else torch).
 
     Returns:
         A ``Tree`` on the device of ``tree_edges``.
