@@ -2,101 +2,173 @@
 
 Parallel over jobs = (batch row, block of channels). A job walks its tree vertex by vertex in
 (reverse) breadth-first order; per vertex it updates a contiguous block of channels of the
-channels-last rows, which LLVM vectorises. A block is one or two cache lines wide, so the
-job's working set (a few arrays x L rows x block) stays in L2 between the passes.
+channels-last rows, which LLVM vectorises. Blocks are as wide as the thread count allows
+(whole rows when B >= threads): narrow blocks read a cache line out of every row and run
+several times slower.
 
-Memory: forward allocates y and up only (subtree: y only). Backward allocates grad_x and
-grad_decay only; grad_decay first holds the up pass of grad_y (up_g), and each vertex's
-decay gradient overwrites its up_g entry in the down pass right after that entry's last read.
+Breadth-first order jumps around the image, so the passes are bound by memory latency, not
+arithmetic. Each pass therefore software-prefetches the rows it will touch PREFETCH_DISTANCE
+vertices ahead (the order is known in advance), which hides most of that latency.
+
+Memory: forward allocates y and up only (subtree: up only, returned as y). Backward allocates
+grad_x and grad_decay only; grad_decay first holds the up pass of grad_y (up_g), and each
+vertex's decay gradient overwrites its up_g entry in the down pass right after that entry's
+last read. No scratch buffers.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from torch import Tensor
 
 __all__ = ["scan_forward", "scan_backward", "channel_block"]
 
-_BLOCK_BYTES = 128  # channels per job: two cache lines of a channels-last row
+PREFETCH_DISTANCE = 16  # vertices; about the number of row misses the core can keep in flight
+_MIN_BLOCK = 16  # channels; narrower blocks waste most of each cache line they touch
 
 
-def channel_block(batch: int, channels: int, itemsize: int) -> int:
-    """Channels per job: about _BLOCK_BYTES wide, but small enough to give every thread work."""
-    block = max(1, _BLOCK_BYTES // itemsize)
-    threads = numba.get_num_threads()
-    while block > 8 and batch * -(-channels // block) < 2 * threads:
-        block //= 2
-    return min(block, channels)
+def channel_block(batch: int, channels: int, threads: int | None = None) -> int:
+    """Channels per job: whole rows, split only as far as needed to give every thread a job."""
+    threads = numba.get_num_threads() if threads is None else threads
+    splits = max(1, -(-threads // max(batch, 1)))
+    block = -(-channels // splits)
+    block = -(-block // _MIN_BLOCK) * _MIN_BLOCK
+    return max(1, min(block, channels))
+
+
+@intrinsic
+def _prefetch(typingctx, arr, row, col, nbytes):
+    """Prefetch ``nbytes`` from ``&arr[row, col]`` (2-D C-contiguous) into cache, line by line."""
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer2(
+            context, builder, ary.data, cgutils.unpack_tuple(builder, ary.shape),
+            cgutils.unpack_tuple(builder, ary.strides), aryty.layout, [args[1], args[2]],
+            wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        base = builder.bitcast(ptr, i8p)
+        line = context.get_constant(types.intp, 64)
+        with cgutils.for_range_slice(builder, context.get_constant(types.intp, 0), args[3],
+                                     line) as (offset, _):
+            # read access, keep in all cache levels, data cache
+            builder.call(fn, [builder.gep(base, [offset]), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, row, col, nbytes), codegen
+
+
+# Inner loops index 1-D row slices from 0 so LLVM can drop numba's negative-index wraparound
+# and vectorise; `one` is passed in the array dtype because an integer literal would promote
+# float32 arithmetic to float64.
+
+@njit(cache=True, inline="always")
+def _copy_block(src, dst, c0, c1):
+    for v in range(src.shape[0]):
+        s = src[v, c0:c1]
+        d = dst[v, c0:c1]
+        for k in range(c1 - c0):
+            d[k] = s[k]
 
 
 @njit(cache=True, inline="always")
-def _down_pass(ub, lb, yb, ob, pb, c0, c1):
-    r = ob[0]
-    for c in range(c0, c1):
-        yb[r, c] = ub[r, c]
-    for i in range(1, ob.shape[0]):  # parents before children
-        v = ob[i]
-        p = pb[v]
-        for c in range(c0, c1):
-            lv = lb[v, c]
-            yb[v, c] = ub[v, c] * (1 - lv * lv) + lv * yb[p, c]
+def _up_pass(acc, lam, order, parent, c0, c1):
+    """acc[parent] += lam[v] * acc[v] for v in reverse breadth-first order (children first)."""
+    nbytes = (c1 - c0) * acc.itemsize
+    for i in range(order.shape[0] - 1, 0, -1):
+        if i > PREFETCH_DISTANCE:
+            w = order[i - PREFETCH_DISTANCE]
+            _prefetch(lam, w, c0, nbytes)
+            _prefetch(acc, w, c0, nbytes)
+            _prefetch(acc, parent[w], c0, nbytes)
+        v = order[i]
+        dst = acc[parent[v], c0:c1]
+        src = acc[v, c0:c1]
+        lv = lam[v, c0:c1]
+        for k in range(c1 - c0):
+            dst[k] += lv[k] * src[k]
+
+
+@njit(cache=True, inline="always")
+def _down_pass(up, lam, y, order, parent, c0, c1, one):
+    """y[root] = up[root]; y[v] = up[v] (1 - lam[v]^2) + lam[v] y[parent], parents first."""
+    L = order.shape[0]
+    nbytes = (c1 - c0) * up.itemsize
+    r = order[0]
+    y[r, c0:c1] = up[r, c0:c1]
+    for i in range(1, L):
+        if i + PREFETCH_DISTANCE < L:
+            w = order[i + PREFETCH_DISTANCE]
+            _prefetch(lam, w, c0, nbytes)
+            _prefetch(up, w, c0, nbytes)
+            _prefetch(y, w, c0, nbytes)
+            _prefetch(y, parent[w], c0, nbytes)
+        v = order[i]
+        yp = y[parent[v], c0:c1]
+        yv = y[v, c0:c1]
+        uv = up[v, c0:c1]
+        lv = lam[v, c0:c1]
+        for k in range(c1 - c0):
+            yv[k] = uv[k] * (one - lv[k] * lv[k]) + lv[k] * yp[k]
 
 
 @njit(parallel=True, cache=True)
-def _forward(x, lam, order, parent, up, y, block, full):
+def _forward(x, lam, order, parent, up, y, block, full, one):
     B, L, C = x.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        xb, lb, ub, yb, ob, pb = x[b], lam[b], up[b], y[b], order[b], parent[b]
-        for v in range(L):
-            for c in range(c0, c1):
-                ub[v, c] = xb[v, c]
-        for i in range(L - 1, 0, -1):  # up pass: children before parents
-            v = ob[i]
-            p = pb[v]
-            for c in range(c0, c1):
-                ub[p, c] += lb[v, c] * ub[v, c]
+        _copy_block(x[b], up[b], c0, c1)
+        _up_pass(up[b], lam[b], order[b], parent[b], c0, c1)
         if full:
-            _down_pass(ub, lb, yb, ob, pb, c0, c1)
+            _down_pass(up[b], lam[b], y[b], order[b], parent[b], c0, c1, one)
 
 
 @njit(parallel=True, cache=True)
-def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block):
+def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
     B, L, C = g.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        gb, lb, ob, pb = g[b], lam[b], order[b], parent[b]
-        ub, yb, zb, ugb = up[b], y[b], grad_x[b], grad_lam[b]
-        for v in range(L):
-            for c in range(c0, c1):
-                ugb[v, c] = gb[v, c]
-        for i in range(L - 1, 0, -1):  # up pass of g -> up_g (held in grad_lam)
-            v = ob[i]
-            p = pb[v]
-            for c in range(c0, c1):
-                ugb[p, c] += lb[v, c] * ugb[v, c]
+        nbytes = (c1 - c0) * g.itemsize
+        lb, ob, pb, ub, yb, zb, ugb = lam[b], order[b], parent[b], up[b], y[b], grad_x[b], grad_lam[b]
+        _copy_block(g[b], ugb, c0, c1)
+        _up_pass(ugb, lb, ob, pb, c0, c1)  # up_g, held in grad_lam
         r = ob[0]
-        for c in range(c0, c1):
-            zb[r, c] = ugb[r, c]
-            ugb[r, c] = 0
+        zb[r, c0:c1] = ugb[r, c0:c1]
+        ugb[r, c0:c1] = 0
         for i in range(1, L):  # down pass of up_g -> z = grad_x; decay gradient over up_g
+            if i + PREFETCH_DISTANCE < L:
+                w = ob[i + PREFETCH_DISTANCE]
+                pw = pb[w]
+                _prefetch(lb, w, c0, nbytes)
+                _prefetch(ugb, w, c0, nbytes)
+                _prefetch(ub, w, c0, nbytes)
+                _prefetch(zb, w, c0, nbytes)
+                _prefetch(zb, pw, c0, nbytes)
+                _prefetch(yb, pw, c0, nbytes)
             v = ob[i]
             p = pb[v]
-            for c in range(c0, c1):
-                lv = lb[v, c]
-                ug = ugb[v, c]
-                u = ub[v, c]
-                zp = zb[p, c]
-                zb[v, c] = ug * (1 - lv * lv) + lv * zp
-                ugb[v, c] = ug * (yb[p, c] - lv * u) + u * (zp - lv * ug)
+            zv, zp, ug_v = zb[v, c0:c1], zb[p, c0:c1], ugb[v, c0:c1]
+            uv, yp, lv = ub[v, c0:c1], yb[p, c0:c1], lb[v, c0:c1]
+            for k in range(c1 - c0):
+                lam_k = lv[k]
+                ug = ug_v[k]
+                u = uv[k]
+                z_par = zp[k]
+                zv[k] = ug * (one - lam_k * lam_k) + lam_k * z_par
+                ug_v[k] = ug * (yp[k] - lam_k * u) + u * (z_par - lam_k * ug)
 
 
 @njit(parallel=True, cache=True)
@@ -107,19 +179,31 @@ def _backward_subtree(g, lam, order, parent, up, grad_x, grad_lam, block):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        gb, lb, ob, pb = g[b], lam[b], order[b], parent[b]
-        ub, ab, glb = up[b], grad_x[b], grad_lam[b]
+        nbytes = (c1 - c0) * g.itemsize
+        gb, lb, ob, pb, ub, ab, glb = g[b], lam[b], order[b], parent[b], up[b], grad_x[b], grad_lam[b]
         r = ob[0]
-        for c in range(c0, c1):
-            ab[r, c] = gb[r, c]
-            glb[r, c] = 0
+        ab[r, c0:c1] = gb[r, c0:c1]
+        glb[r, c0:c1] = 0
         for i in range(1, L):  # a[v] = g[v] + lam[v] a[parent]; d/d lam[v] = a[parent] up[v]
+            if i + PREFETCH_DISTANCE < L:
+                w = ob[i + PREFETCH_DISTANCE]
+                _prefetch(gb, w, c0, nbytes)
+                _prefetch(lb, w, c0, nbytes)
+                _prefetch(ub, w, c0, nbytes)
+                _prefetch(ab, w, c0, nbytes)
+                _prefetch(glb, w, c0, nbytes)
+                _prefetch(ab, pb[w], c0, nbytes)
             v = ob[i]
             p = pb[v]
-            for c in range(c0, c1):
-                ap = ab[p, c]
-                ab[v, c] = gb[v, c] + lb[v, c] * ap
-                glb[v, c] = ap * ub[v, c]
+            av, ap, gv, lv, uv, glv = ab[v, c0:c1], ab[p, c0:c1], gb[v, c0:c1], lb[v, c0:c1], \
+                ub[v, c0:c1], glb[v, c0:c1]
+            for k in range(c1 - c0):
+                a_par = ap[k]
+                av[k] = gv[k] + lv[k] * a_par
+                glv[k] = a_par * uv[k]
+
+
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -128,15 +212,22 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _one(t: Tensor):
+    if t.dtype not in _NP_DTYPES:
+        raise TypeError(f"the numba tree scan computes in float32 or float64, got {t.dtype}")
+    return _NP_DTYPES[t.dtype](1)
+
+
 def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor,
                  mode: str) -> tuple[Tensor, Tensor]:
     """(y, up); for mode 'subtree' y is up (the same tensor)."""
     B, L, C = x.shape
     full = mode == "full"
+    one = _one(x)
     up = torch.empty_like(x)
     y = torch.empty_like(x) if full else up
-    block = channel_block(B, C, x.element_size())
-    _forward(_np(x), _np(decay), _np(order), _np(parent), up.numpy(), y.numpy(), block, full)
+    _forward(_np(x), _np(decay), _np(order), _np(parent), up.numpy(), y.numpy(),
+             channel_block(B, C), full, one)
     return y, up
 
 
@@ -145,12 +236,13 @@ def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
                   ) -> tuple[Tensor, Tensor]:
     """(grad_x, grad_decay), grad_decay zero at the root."""
     B, L, C = grad_y.shape
+    one = _one(grad_y)
     grad_x = torch.empty_like(grad_y)
     grad_decay = torch.empty_like(grad_y)
-    block = channel_block(B, C, grad_y.element_size())
+    block = channel_block(B, C)
     if mode == "full":
         _backward_full(_np(grad_y), _np(decay), _np(order), _np(parent), _np(up), _np(y),
-                       grad_x.numpy(), grad_decay.numpy(), block)
+                       grad_x.numpy(), grad_decay.numpy(), block, one)
     else:
         _backward_subtree(_np(grad_y), _np(decay), _np(order), _np(parent), _np(up),
                           grad_x.numpy(), grad_decay.numpy(), block)

@@ -1,0 +1,135 @@
+"""Tree scan speed and memory at the GrootV-T stage-1 shape, against simple yardsticks.
+
+Prints, with targets and PASS/MISS:
+  * scan forward / one elementwise pass ``x * decay + x`` on the same tensors (<= 1.5)
+  * scan forward+backward / the same elementwise pass (<= 4)
+  * tree construction per image / SciPy per image (from benchmarks/bench_tree.py, if present)
+  * peak memory that forward+backward allocates beyond its inputs, in multiples of x (<= 4)
+Timings interleave the candidates repeat by repeat and report medians, so machine noise hits
+all of them alike. torch and numba are given the same number of threads (--threads).
+
+    python benchmarks/bench_ops.py [--batch 8 --size 56 --channels 160 --impl numba]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from grootvl.ops import grid_tree, tree_scan
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each callable, running them in turn `repeats` times."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_cpu_bytes(fn) -> int:
+    """Peak bytes that `fn` has allocated through torch's CPU allocator (net of frees).
+
+    Replays the allocation and free events recorded by the profiler in time order.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]"]
+    if not events:
+        raise RuntimeError("the profiler recorded no memory events; cannot measure peak memory")
+    live = peak = 0
+    for _, nbytes in sorted(events):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _verdict(value: float, target: float) -> str:
+    return "PASS" if value <= target else "MISS"
+
+
+def tree_construction_ratio() -> str:
+    """Line for OPS-TREE's tree construction benchmark, when it is available."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from bench_tree import measure_tree_construction
+    except ImportError as err:
+        return f"tree construction / SciPy per image: SKIPPED ({err})"
+    result = measure_tree_construction()
+    return f"tree construction / SciPy per image: {result}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=56, help="grid side: L = size^2")
+    parser.add_argument("--channels", type=int, default=160)
+    parser.add_argument("--impl", default=None, help="tree_scan impl (default: fastest)")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--skip-tree", action="store_true", help="skip tree construction")
+    args = parser.parse_args(argv)
+
+    import numba
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(args.threads)  # after numba: starting its thread pool resets torch's
+    B, S, C = args.batch, args.size, args.channels
+    L = S * S
+    print(f"shape B={B} L={L} ({S}x{S}) C={C} float32; torch threads "
+          f"{torch.get_num_threads()}, numba threads {numba.get_num_threads()}; impl "
+          f"{args.impl or 'default'}")
+
+    gen = torch.Generator().manual_seed(0)
+    tree = grid_tree(torch.randn(B, 16, S, S, generator=gen))
+    x = torch.randn(B, L, C, generator=gen)
+    decay = torch.rand(B, L, C, generator=gen) * 0.9 + 0.1
+    grad = torch.randn(B, L, C, generator=gen)
+    x_leaf = x.clone().requires_grad_(True)
+    decay_leaf = decay.clone().requires_grad_(True)
+
+    def elementwise():
+        return x * decay + x
+
+    def forward():
+        return tree_scan(x, decay, tree, impl=args.impl)
+
+    def forward_backward():
+        x_leaf.grad = decay_leaf.grad = None
+        tree_scan(x_leaf, decay_leaf, tree, impl=args.impl).backward(grad)
+
+    med = interleaved_medians({"elementwise": elementwise, "forward": forward,
+                               "forward+backward": forward_backward}, args.repeats)
+    base = med["elementwise"]
+    for name, target in (("forward", 1.5), ("forward+backward", 4.0)):
+        ratio = med[name] / base
+        print(f"scan {name} / elementwise: {ratio:.2f} ({med[name] * 1e3:.2f} ms vs "
+              f"{base * 1e3:.2f} ms; target <= {target}) {_verdict(ratio, target)}")
+
+    x_leaf.grad = decay_leaf.grad = None
+    peak = peak_cpu_bytes(forward_backward) / (x.numel() * x.element_size())
+    print(f"peak memory of forward+backward beyond inputs: {peak:.2f} x size(x) "
+          f"(target <= 4) {_verdict(peak, 4.0)}")
+    if not args.skip_tree:
+        print(tree_construction_ratio())
+
+
+if __name__ == "__main__":
+    main()
