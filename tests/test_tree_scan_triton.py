@@ -4,6 +4,9 @@ TRITON_INTERPRET is read when kernels are defined, so the checks run in ONE subp
 sets it before importing triton (this file re-executed with --worker); it prints one JSON
 line of measured errors, and each test below asserts on its part. Shapes are tiny because
 the interpreter runs every tile op in numpy.
+
+The interpreter accepts code the compiler rejects, so a second subprocess (--compile, without
+the interpreter) also compiles every kernel to sm_90 PTX ahead of time, which needs no GPU.
 """
 from __future__ import annotations
 
@@ -130,15 +133,71 @@ def _worker() -> dict:
     return out
 
 
+def _compile_all() -> dict:
+    """Compile each kernel for sm_90 (as on an H100) and count its barriers and atomics."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from grootvl.ops import scan_triton as st
+
+    index = {"order_ptr": "*i64", "parent_ptr": "*i64", "off_ptr": "*i64",
+             "L": "i32", "C": "i32", "num_levels": "i32"}
+    blocks = {"BLOCK_V": 32, "BLOCK_C": 32}
+    kernels = {
+        "forward_full_bf16": (st._scan_forward_kernel, {
+            "x_ptr": "*bf16", "lam_ptr": "*bf16", "up_ptr": "*fp32", "y_ptr": "*fp32", **index},
+            {"FULL": True, **blocks}),
+        "forward_subtree_fp32": (st._scan_forward_kernel, {
+            "x_ptr": "*fp32", "lam_ptr": "*fp32", "up_ptr": "*fp32", "y_ptr": "*fp32", **index},
+            {"FULL": False, **blocks}),
+        "backward_full_fp32": (st._scan_backward_full_kernel, {
+            "g_ptr": "*fp32", "lam_ptr": "*fp32", "up_ptr": "*fp32", "y_ptr": "*fp32",
+            "upg_ptr": "*fp32", "z_ptr": "*fp32", **index}, blocks),
+        "backward_subtree_fp16": (st._scan_backward_subtree_kernel, {
+            "g_ptr": "*fp32", "lam_ptr": "*fp16", "up_ptr": "*fp32", "gx_ptr": "*fp32",
+            "gd_ptr": "*fp32", **index}, blocks),
+    }
+    out = {}
+    for name, (fn, signature, constexprs) in kernels.items():
+        signature = {k: signature.get(k, "constexpr") for k in fn.arg_names}
+        # Pointers 16-byte aligned and C a multiple of 16, as at the GrootV widths.
+        attrs = {(i,): [["tt.divisibility", 16]] for i, k in enumerate(fn.arg_names)
+                 if signature[k].startswith("*") or k == "C"}
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                                          attrs=attrs),
+                                target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        ptx = kernel.asm["ptx"]
+        out[name] = {"barriers": len(re.findall(r"\bbar\.sync", ptx)),
+                     "atomics": len(re.findall(r"\batom\.global[\w.]*add", ptx))}
+    return out
+
+
 # ------------------------------------------------------------------------------ pytest side
+
+def _run_worker(flag: str, interpret: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, __file__, flag], env=env, capture_output=True,
+                          text=True, timeout=WORKER_TIMEOUT_S)
+    assert proc.returncode == 0, f"worker {flag} failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True,
-                          text=True, timeout=WORKER_TIMEOUT_S)
-    assert proc.returncode == 0, f"interpreter worker failed:\n{proc.stderr[-4000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_worker("--worker", interpret=True)
+
+
+def test_kernels_compile_for_sm90_with_barriers():
+    compiled = _run_worker("--compile", interpret=False)
+    for name, counts in compiled.items():
+        # every walk has a barrier per level (plus the ones before it)
+        assert counts["barriers"] >= 2, (name, counts)
+    assert compiled["forward_full_bf16"]["atomics"] > 0  # the up pass adds into parents
+    assert compiled["backward_subtree_fp16"]["atomics"] == 0  # a single down pass
 
 
 @pytest.mark.parametrize("case, dtype", [("grid", "torch.float64"), ("grid", "torch.float32"),
@@ -172,3 +231,5 @@ def test_cpu_tensors_refused_without_interpreter(results):
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
     print(json.dumps(_worker()))
+elif __name__ == "__main__" and sys.argv[1:] == ["--compile"]:
+    print(json.dumps(_compile_all()))
