@@ -208,5 +208,22 @@ def test_bad_guide():
         grid_tree(torch.ones(1, 2, 3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="cost='cos' is not a grid edge cost"):
         grid_tree(torch.rand(1, 2, 3, 3), cost="cos")
-    with pytest.raises(ValueError, match="costs.*contains NaN"):
-        grid_tree(torch.full((1, 2, 3, 3), float("nan")))
+    for batch in (1, 4):  # stage by stage, and fused (numba, batch >= threads)
+        with pytest.raises(ValueError, match=r"costs.*\[0\] contain.* NaN"):
+            grid_tree(torch.full((batch, 2, 3, 3), float("nan")))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_cpu_kernel_matches_stage_by_stage(monkeypatch, channels_last):
+    import grootvl.ops.tree as tree_module
+
+    guide = torch.randn(3, 5, 7, 6, generator=torch.Generator().manual_seed(5))
+    if channels_last:
+        guide = guide.to(memory_format=torch.channels_last)
+    for cost in ("cosine", "l2"):
+        monkeypatch.setattr(tree_module, "_numba_threads", lambda: 1)  # batch >= threads: fused
+        fused = grid_tree(guide, cost=cost, impl="numba")
+        monkeypatch.setattr(tree_module, "_numba_threads", lambda: 99)  # stage by stage
+        staged = grid_tree(guide, cost=cost, impl="numba")
+        for field in ("order", "parent", "level_offsets"):
+            assert torch.equal(getattr(fused, field), getattr(staged, field))

@@ -2,12 +2,15 @@
 
 Kernels take and return NumPy arrays and know nothing about torch; ``mst.py`` and
 ``tree.py`` wrap them. Every kernel is ``cache=True`` so the compile cost is paid once per
-machine, not once per process.
+machine, not once per process. Row functions (``*_row``) are serial; the batch kernels run
+them with ``prange`` over the batch.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+
+from ._tree_costs_numba import image_costs
 
 
 @nb.njit(cache=True, inline="always")
@@ -41,67 +44,46 @@ def _sortable_keys(costs_row, keys):
 
 
 @nb.njit(cache=True)
-def _radix_argsort_u32(keys, order, scratch, count):
-    """Stable LSD radix argsort of uint32 keys, 4 passes of 8 bits; ``order`` gets the result.
+def _radix_argsort_u32(keys):
+    """Stable LSD radix argsort of uint32 keys: 3 passes of 11 bits, keys carried along.
 
     Stable, so equal keys stay in index order: exactly the (cost, index) order of the contract.
+    A pass whose digit is the same for every key is skipped (costs exp(-cos) in [1/e, e]
+    share their top bits).
     """
     n = keys.shape[0]
-    for i in range(n):
-        order[i] = i
-    src = order
-    dst = scratch
-    for shift in range(0, 32, 8):
-        for d in range(257):
-            count[d] = 0
+    src_index = np.arange(n)
+    src_key = keys.copy()
+    dst_index = np.empty(n, np.int64)
+    dst_key = np.empty(n, np.uint32)
+    count = np.empty(2049, np.int64)
+    for shift in (0, 11, 22):
+        count[:] = 0
         for i in range(n):
-            count[((keys[src[i]] >> np.uint32(shift)) & np.uint32(0xFF)) + 1] += 1
-        for d in range(256):
+            count[((src_key[i] >> np.uint32(shift)) & np.uint32(0x7FF)) + 1] += 1
+        if count.max() == n:
+            continue
+        for d in range(2048):
             count[d + 1] += count[d]
         for i in range(n):
-            digit = (keys[src[i]] >> np.uint32(shift)) & np.uint32(0xFF)
-            dst[count[digit]] = src[i]
-            count[digit] += 1
-        src, dst = dst, src
-    # four passes: the result is back in ``order``
-
-
-@nb.njit(cache=True, parallel=True)
-def kruskal_f32(edges, costs, num_vertices, out, num_used):
-    """Kruskal on every row of ``costs`` (B, E) float32; out (B, V-1, 2), edges by index.
-
-    ``num_used[b]`` receives the number of tree edges found (V-1 iff the graph is connected),
-    or -1 if row b has a NaN cost.
-    """
-    batch = costs.shape[0]
-    num_edges = edges.shape[0]
-    for b in nb.prange(batch):
-        keys = np.empty(num_edges, np.uint32)
-        if _sortable_keys(costs[b], keys):
-            num_used[b] = -1
-            continue
-        order = np.empty(num_edges, np.int64)
-        scratch = np.empty(num_edges, np.int64)
-        count = np.empty(257, np.int64)
-        _radix_argsort_u32(keys, order, scratch, count)
-        num_used[b] = _kruskal_row(edges, order, num_vertices, out[b])
-
-
-@nb.njit(cache=True, parallel=True)
-def kruskal_any(edges, costs, num_vertices, out, num_used):
-    """Kruskal for float64 (or any float) costs, with a stable merge-sort argsort."""
-    batch = costs.shape[0]
-    for b in nb.prange(batch):
-        if np.isnan(costs[b]).any():
-            num_used[b] = -1
-            continue
-        order = np.argsort(costs[b], kind="mergesort")
-        num_used[b] = _kruskal_row(edges, order, num_vertices, out[b])
+            digit = (src_key[i] >> np.uint32(shift)) & np.uint32(0x7FF)
+            j = count[digit]
+            dst_index[j] = src_index[i]
+            dst_key[j] = src_key[i]
+            count[digit] = j + 1
+        src_index, dst_index = dst_index, src_index
+        src_key, dst_key = dst_key, src_key
+    return src_index
 
 
 @nb.njit(cache=True)
 def _kruskal_row(edges, order, num_vertices, out_row):
+    """Kruskal over edges taken in ``order``; out_row (V-1, 2) gets the tree in index order.
+
+    Returns the number of tree edges found (V-1 iff the graph is connected).
+    """
     root_of = np.arange(num_vertices)
+    size = np.ones(num_vertices, np.int64)
     chosen = np.zeros(edges.shape[0], np.bool_)
     need = num_vertices - 1
     used = 0
@@ -112,11 +94,10 @@ def _kruskal_row(edges, order, num_vertices, out_row):
         ru = _find(root_of, edges[e, 0])
         rv = _find(root_of, edges[e, 1])
         if ru != rv:
-            # Hook the larger root under the smaller; path halving keeps trees shallow.
-            if ru < rv:
-                root_of[rv] = ru
-            else:
-                root_of[ru] = rv
+            if size[ru] < size[rv]:  # union by size keeps the find paths short
+                ru, rv = rv, ru
+            root_of[rv] = ru
+            size[ru] += size[rv]
             chosen[e] = True
             used += 1
     # Emit in edge-index order so every implementation returns the identical tensor.
@@ -126,141 +107,109 @@ def _kruskal_row(edges, order, num_vertices, out_row):
             out_row[j, 0] = edges[e, 0]
             out_row[j, 1] = edges[e, 1]
             j += 1
-    for k in range(j, out_row.shape[0]):
-        out_row[k, 0] = 0
-        out_row[k, 1] = 0
+    out_row[j:] = 0
     return used
 
 
-@nb.njit(cache=True, parallel=True)
-def bfs_batch(tree_edges, num_vertices, root, order, parent, level_ends, num_levels, reached):
-    """Breadth-first order of every tree in the batch.
-
-    tree_edges (B, V-1, 2); writes order (B, V), parent (B, V), level_ends (B, V) (exclusive
-    end of each level in ``order``), num_levels (B,), reached (B,) = vertices visited.
-    """
-    batch = tree_edges.shape[0]
-    num_edges = tree_edges.shape[1]
-    for b in nb.prange(batch):
-        degree_start = np.zeros(num_vertices + 1, np.int64)
-        for k in range(num_edges):
-            degree_start[tree_edges[b, k, 0] + 1] += 1
-            degree_start[tree_edges[b, k, 1] + 1] += 1
-        for v in range(num_vertices):
-            degree_start[v + 1] += degree_start[v]
-        fill = degree_start[:-1].copy()
-        neighbours = np.empty(2 * num_edges, np.int64)
-        for k in range(num_edges):
-            u = tree_edges[b, k, 0]
-            v = tree_edges[b, k, 1]
-            neighbours[fill[u]] = v
-            fill[u] += 1
-            neighbours[fill[v]] = u
-            fill[v] += 1
-        par = parent[b]
-        for v in range(num_vertices):
-            par[v] = -2  # unvisited
-        ordr = order[b]
-        ordr[0] = root
-        par[root] = -1
-        head = 0
-        tail = 1
-        levels = 0
-        while head < tail:
-            level_end = tail
-            while head < level_end:
-                u = ordr[head]
-                head += 1
-                for k in range(degree_start[u], degree_start[u + 1]):
-                    w = neighbours[k]
-                    if par[w] == -2:
-                        par[w] = u
-                        ordr[tail] = w
-                        tail += 1
-            level_ends[b, levels] = level_end
-            levels += 1
-        num_levels[b] = levels
-        reached[b] = tail
-
-
-_COST_BLOCK = 2048  # pixels per parallel job: the three accumulators stay in L1
+@nb.njit(cache=True)
+def mst_row_f32(edges, costs_row, num_vertices, out_row):
+    """MST of one float32 cost row; returns the edge count, or -1 if a cost is NaN."""
+    keys = np.empty(costs_row.shape[0], np.uint32)
+    if _sortable_keys(costs_row, keys):
+        return -1
+    return _kruskal_row(edges, _radix_argsort_u32(keys), num_vertices, out_row)
 
 
 @nb.njit(cache=True, parallel=True)
-def grid_costs(guide, cosine, costs):
-    """Edge costs of the 4-neighbour grid of a contiguous float32 guide (B, C, H, W).
+def kruskal_f32(edges, costs, num_vertices, out, num_used):
+    """Kruskal on every row of ``costs`` (B, E) float32; out (B, V-1, 2), edges by index.
 
-    cosine=True: exp(-cos(u, v)) with cos = <u, v> / (max(|u|, eps) * max(|v|, eps)) and
-    eps = 1e-8 as in torch.cosine_similarity; cosine=False: |u - v|^2. costs (B, E) is filled
-    in ``grid_edges`` order: vertical edges, then horizontal ones.
-
-    One streaming pass over the guide: pixels are split in blocks; for every channel a block
-    accumulates |x_p|^2, <x_p, x_{p+W}> (down) and <x_p, x_{p+1}> (right) with contiguous,
-    vectorisable loops. Sums run over channels in order, in float32.
+    ``num_used[b]`` receives the number of tree edges found (V-1 iff the graph is connected),
+    or -1 if row b has a NaN cost.
     """
-    batch, channels, height, width = guide.shape
-    hw = height * width
-    flat = guide.reshape(batch, channels, hw)
-    sq = np.empty((batch, hw), np.float32)
-    down = np.empty((batch, hw), np.float32)
-    right = np.empty((batch, hw), np.float32)
-    blocks = (hw + _COST_BLOCK - 1) // _COST_BLOCK
-    for job in nb.prange(batch * blocks):
-        b = job // blocks
-        p0 = (job - b * blocks) * _COST_BLOCK
-        p1 = min(p0 + _COST_BLOCK, hw)
-        n_down = max(min(p1, hw - width) - p0, 0)  # pixels that have a lower neighbour
-        n_right = max(min(p1, hw - 1) - p0, 0)  # (wrap-around pairs are discarded below)
-        # Fresh local accumulators: LLVM knows they alias nothing, so the loops vectorise.
-        acc_sq = np.zeros(p1 - p0, np.float32)
-        acc_down = np.zeros(p1 - p0, np.float32)
-        acc_right = np.zeros(p1 - p0, np.float32)
-        for ch in range(channels):
-            x = flat[b, ch, p0:]
-            x_down = flat[b, ch, p0 + width:]
-            x_right = flat[b, ch, p0 + 1:]
-            if cosine:
-                for i in range(n_down):
-                    a = x[i]
-                    acc_sq[i] += a * a
-                    acc_down[i] += a * x_down[i]
-                    acc_right[i] += a * x_right[i]
-                for i in range(n_down, p1 - p0):
-                    a = x[i]
-                    acc_sq[i] += a * a
-                    if i < n_right:
-                        acc_right[i] += a * x_right[i]
-            else:
-                for i in range(n_down):
-                    a = x[i]
-                    d = a - x_down[i]
-                    acc_down[i] += d * d
-                    d = a - x_right[i]
-                    acc_right[i] += d * d
-                for i in range(n_down, n_right):
-                    d = x[i] - x_right[i]
-                    acc_right[i] += d * d
-        sq[b, p0:p1] = acc_sq
-        down[b, p0:p1] = acc_down
-        right[b, p0:p1] = acc_right
-    num_vertical = (height - 1) * width
-    eps = np.float32(1e-8)
-    for job in nb.prange(batch * height):
-        b = job // height
-        r = job - b * height
-        for c in range(width):
-            p = r * width + c
-            norm = max(np.sqrt(sq[b, p]), eps)
-            if r + 1 < height:
-                if cosine:
-                    below = max(np.sqrt(sq[b, p + width]), eps)
-                    costs[b, p] = np.exp(-(down[b, p] / (norm * below)))
-                else:
-                    costs[b, p] = down[b, p]
-            if c + 1 < width:
-                k = num_vertical + r * (width - 1) + c
-                if cosine:
-                    beside = max(np.sqrt(sq[b, p + 1]), eps)
-                    costs[b, k] = np.exp(-(right[b, p] / (norm * beside)))
-                else:
-                    costs[b, k] = right[b, p]
+    for b in nb.prange(costs.shape[0]):
+        num_used[b] = mst_row_f32(edges, costs[b], num_vertices, out[b])
+
+
+@nb.njit(cache=True, parallel=True)
+def kruskal_any(edges, costs, num_vertices, out, num_used):
+    """Kruskal for float64 costs, with a stable merge-sort argsort."""
+    for b in nb.prange(costs.shape[0]):
+        if np.isnan(costs[b]).any():
+            num_used[b] = -1
+        else:
+            order = np.argsort(costs[b], kind="mergesort")
+            num_used[b] = _kruskal_row(edges, order, num_vertices, out[b])
+
+
+@nb.njit(cache=True)
+def bfs_row(tree_edges, root, order, parent, level_ends):
+    """Breadth-first order of one tree (V-1, 2) from ``root``.
+
+    Writes order (V,), parent (V,) (-1 at the root) and level_ends (V,) (exclusive end of each
+    level in ``order``); returns (number of levels, number of vertices reached).
+    """
+    num_vertices = order.shape[0]
+    num_edges = tree_edges.shape[0]
+    list_start = np.zeros(num_vertices + 1, np.int64)
+    for k in range(num_edges):
+        list_start[tree_edges[k, 0] + 1] += 1
+        list_start[tree_edges[k, 1] + 1] += 1
+    for v in range(num_vertices):
+        list_start[v + 1] += list_start[v]
+    fill = list_start[:-1].copy()
+    neighbours = np.empty(2 * num_edges, np.int64)
+    for k in range(num_edges):
+        u = tree_edges[k, 0]
+        v = tree_edges[k, 1]
+        neighbours[fill[u]] = v
+        fill[u] += 1
+        neighbours[fill[v]] = u
+        fill[v] += 1
+    parent[:] = -2  # unvisited
+    order[0] = root
+    parent[root] = -1
+    head = 0
+    tail = 1
+    levels = 0
+    while head < tail:
+        level_end = tail
+        while head < level_end:
+            u = order[head]
+            head += 1
+            for k in range(list_start[u], list_start[u + 1]):
+                w = neighbours[k]
+                if parent[w] == -2:
+                    parent[w] = u
+                    order[tail] = w
+                    tail += 1
+        level_ends[levels] = level_end
+        levels += 1
+    return levels, tail
+
+
+@nb.njit(cache=True, parallel=True)
+def bfs_batch(tree_edges, root, order, parent, level_ends, num_levels, reached):
+    """bfs_row on every tree of the batch: tree_edges (B, V-1, 2), outputs (B, V) / (B,)."""
+    for b in nb.prange(tree_edges.shape[0]):
+        num_levels[b], reached[b] = bfs_row(tree_edges[b], root, order[b], parent[b], level_ends[b])
+
+
+@nb.njit(cache=True, parallel=True)
+def grid_tree_batch(guide, channels_last, cosine, edges, order, parent, level_ends, num_levels, status):
+    """Edge costs, MST and BFS from vertex 0 for every image, one image per thread.
+
+    One parallel region and no round trip through memory between the stages: for batches at
+    least as large as the thread count this beats running the stages one after another.
+    guide as in ``_tree_costs_numba.grid_costs``; status[b]: vertices reached (V when all is
+    well) or -1 if a cost is NaN.
+    """
+    num_vertices = order.shape[1]
+    for b in nb.prange(guide.shape[0]):
+        costs = np.empty(edges.shape[0], np.float32)
+        image_costs(guide[b], channels_last, cosine, costs)
+        tree_edges = np.empty((num_vertices - 1, 2), np.int64)
+        if mst_row_f32(edges, costs, num_vertices, tree_edges) < 0:
+            status[b] = -1
+            continue
+        num_levels[b], status[b] = bfs_row(tree_edges, 0, order[b], parent[b], level_ends[b])

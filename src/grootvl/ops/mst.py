@@ -79,6 +79,16 @@ def check_vertex_range(edges: Tensor, num_vertices: int, arg: str) -> None:
 
 @torch.library.custom_op("grootvl::minimum_spanning_tree", mutates_args=())
 def _mst_op(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tensor:
+    return mst_impl(edges, costs, num_vertices, impl)
+
+
+@_mst_op.register_fake
+def _(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tensor:
+    return costs.new_empty((costs.shape[0], num_vertices - 1, 2), dtype=torch.long)
+
+
+def mst_impl(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tensor:
+    """The op's implementation: data-dependent checks, then the kernel (arguments checked)."""
     check_vertex_range(edges, num_vertices, "edges")
     if costs.dtype in (torch.float16, torch.bfloat16):
         costs = costs.float()  # exact conversion: the order of the costs is unchanged
@@ -101,11 +111,6 @@ def _mst_op(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tenso
             "a spanning tree needs edges that connect all num_vertices vertices"
         )
     return tree_edges
-
-
-@_mst_op.register_fake
-def _(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tensor:
-    return costs.new_empty((costs.shape[0], num_vertices - 1, 2), dtype=torch.long)
 
 
 def _mst_numba(edges: Tensor, costs: Tensor, num_vertices: int) -> tuple[Tensor, Tensor]:

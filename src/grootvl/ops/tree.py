@@ -2,10 +2,14 @@
 
 ``grid_tree`` is what a GrootV layer calls: edge costs from the guide features on the
 4-neighbour grid (DESIGN.md §3), their minimum spanning tree, and a breadth-first order from
-vertex 0. Tree construction is registered as custom ops (``grootvl::minimum_spanning_tree``,
-``grootvl::bfs_tree``) so ``torch.compile`` keeps each one as a single opaque node. The BFS
-output ``level_offsets`` has a data-dependent length (the tree depth); its fake impl
-allocates it with an unbacked dynamic size, so compiled graphs stay valid for any depth.
+vertex 0. On CPU with at least as many images as numba threads, the three stages run fused
+in one numba kernel, one image per thread; otherwise stage by stage, each in parallel.
+
+Tree construction is registered as custom ops (``grootvl::grid_tree``, ``grootvl::bfs_tree``
+and, in ``mst.py``, ``grootvl::minimum_spanning_tree``) so ``torch.compile`` keeps each as one
+opaque node. Their output shapes are static except ``level_offsets``, whose length (tree depth
++ 1) is data-dependent: the fake impls allocate it with an unbacked dynamic size, so compiled
+graphs stay valid for any depth.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _tree_torch
-from .mst import check_impl, check_vertex_range, minimum_spanning_tree
+from .mst import check_impl, check_vertex_range, mst_impl
 
 GRID_COSTS = ("cosine", "l2")
 
@@ -100,6 +104,22 @@ def grid_edges(height: int, width: int, device: torch.device | str | None = None
 
 @torch.library.custom_op("grootvl::bfs_tree", mutates_args=())
 def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _bfs_impl(tree_edges, num_vertices, root, impl)
+
+
+@_bfs_op.register_fake
+def _(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _fake_tree(tree_edges, tree_edges.shape[0], num_vertices)
+
+
+def _fake_tree(like: Tensor, batch: int, num_vertices: int) -> tuple[Tensor, Tensor, Tensor]:
+    num_offsets = torch.library.get_ctx().new_dynamic_size()  # tree depth + 1: data-dependent
+    shape = (batch, num_vertices)
+    return (like.new_empty(shape, dtype=torch.long), like.new_empty(shape, dtype=torch.long),
+            like.new_empty((batch, num_offsets), dtype=torch.long))
+
+
+def _bfs_impl(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
     check_vertex_range(tree_edges, num_vertices, "tree_edges")
     if impl == "numba":
         order, parent, level_offsets, reached = _bfs_numba(tree_edges, num_vertices, root)
@@ -115,31 +135,28 @@ def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tupl
     return order, parent, level_offsets
 
 
-@_bfs_op.register_fake
-def _(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    batch = tree_edges.shape[0]
-    num_offsets = torch.library.get_ctx().new_dynamic_size()  # tree depth + 1: data-dependent
-    order = tree_edges.new_empty((batch, num_vertices))
-    return order, tree_edges.new_empty((batch, num_vertices)), tree_edges.new_empty((batch, num_offsets))
-
-
 def _bfs_numba(tree_edges: Tensor, num_vertices: int, root: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from . import _tree_numba
 
-    batch = tree_edges.shape[0]
+    order, parent, level_ends, num_levels, reached = _bfs_outputs(tree_edges.shape[0], num_vertices)
+    if tree_edges.shape[0]:
+        _tree_numba.bfs_batch(tree_edges.contiguous().numpy(), root, order.numpy(), parent.numpy(),
+                              level_ends.numpy(), num_levels.numpy(), reached.numpy())
+    return order, parent, _level_offsets(level_ends, num_levels), reached
+
+
+def _bfs_outputs(batch: int, num_vertices: int) -> tuple[Tensor, ...]:
+    """Buffers the numba BFS kernels fill: order, parent, level_ends, num_levels, status."""
     order = torch.empty(batch, num_vertices, dtype=torch.long)
     parent = torch.empty(batch, num_vertices, dtype=torch.long)
     level_ends = torch.full((batch, num_vertices), num_vertices, dtype=torch.long)
-    num_levels = torch.zeros(batch, dtype=torch.long)
-    reached = torch.zeros(batch, dtype=torch.long)
-    if batch:
-        _tree_numba.bfs_batch(
-            tree_edges.contiguous().numpy(), num_vertices, root, order.numpy(), parent.numpy(),
-            level_ends.numpy(), num_levels.numpy(), reached.numpy(),
-        )
-    depth = int(num_levels.max()) if batch else 1
-    level_offsets = torch.cat([torch.zeros(batch, 1, dtype=torch.long), level_ends[:, :depth]], dim=1)
-    return order, parent, level_offsets, reached
+    return order, parent, level_ends, torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+
+
+def _level_offsets(level_ends: Tensor, num_levels: Tensor) -> Tensor:
+    depth = int(num_levels.max()) if num_levels.numel() else 1
+    zeros = torch.zeros(level_ends.shape[0], 1, dtype=torch.long)
+    return torch.cat([zeros, level_ends[:, :depth]], dim=1)
 
 
 def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | None = None) -> Tree:
@@ -190,16 +207,18 @@ def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None
     if cost not in GRID_COSTS:
         raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
     impl = check_impl(impl, guide.device)
-    # contiguous: channels-last guides reduce in the same order as the original's NCHW ones.
-    guide = guide.detach().float().contiguous()
+    guide = guide.detach().float()
     batch, channels, height, width = guide.shape
     if impl == "numba":
-        from . import _tree_numba
+        from . import _tree_costs_numba
 
         costs = torch.empty(batch, (height - 1) * width + height * (width - 1))
         if costs.numel():
-            _tree_numba.grid_costs(guide.numpy(), cost == "cosine", costs.numpy())
+            # The kernel reads channels-last guides in place (same arithmetic, no copy).
+            _tree_costs_numba.grid_costs(*_guide_array(guide), cost == "cosine", costs.numpy())
         return costs
+    # contiguous: channels-last guides reduce in the same order as the original's NCHW ones.
+    guide = guide.contiguous()
     vertical_shape = (batch, channels, (height - 1) * width)
     horizontal_shape = (batch, channels, height * (width - 1))
     upper, lower = guide[:, :, :-1, :].reshape(vertical_shape), guide[:, :, 1:, :].reshape(vertical_shape)
@@ -211,6 +230,54 @@ def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None
         vertical = (upper - lower).square().sum(dim=1)
         horizontal = (left - right).square().sum(dim=1)
     return torch.cat([vertical, horizontal], dim=1)
+
+
+@torch.library.custom_op("grootvl::grid_tree", mutates_args=())
+def _grid_tree_op(guide: Tensor, cost: str, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    batch, _, height, width = guide.shape
+    num_vertices = height * width
+    if impl == "numba" and batch >= _numba_threads():
+        return _grid_tree_fused(guide, cost)
+    with _autocast_off(guide.device):
+        costs = grid_edge_costs(guide, cost, impl=impl)
+    tree_edges = mst_impl(grid_edges(height, width, device=guide.device), costs, num_vertices, impl)
+    return _bfs_impl(tree_edges, num_vertices, 0, impl)
+
+
+@_grid_tree_op.register_fake
+def _(guide: Tensor, cost: str, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _fake_tree(guide, guide.shape[0], guide.shape[2] * guide.shape[3])
+
+
+def _numba_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _grid_tree_fused(guide: Tensor, cost: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Costs, MST and BFS in one numba kernel, one image per thread (CPU, float32 costs)."""
+    from . import _tree_numba
+
+    batch, _, height, width = guide.shape
+    num_vertices = height * width
+    order, parent, level_ends, num_levels, status = _bfs_outputs(batch, num_vertices)
+    data, channels_last = _guide_array(guide)
+    edges = grid_edges(height, width)
+    _tree_numba.grid_tree_batch(data, channels_last, cost == "cosine", edges.numpy(), order.numpy(),
+                                parent.numpy(), level_ends.numpy(), num_levels.numpy(), status.numpy())
+    if bool((status < 0).any()):
+        row = int(torch.nonzero(status < 0)[0, 0])
+        raise ValueError(f"the edge costs of guide[{row}] contain NaN (the guide has NaN or inf values)")
+    return order, parent, _level_offsets(level_ends, num_levels)
+
+
+def _guide_array(guide: Tensor):
+    """A float32 C-contiguous NumPy view (or copy) of guide, and whether it is (B, H, W, C)."""
+    guide = guide.detach().float()
+    channels_last = not guide.is_contiguous() and guide.is_contiguous(memory_format=torch.channels_last)
+    data = guide.permute(0, 2, 3, 1) if channels_last else guide.contiguous()
+    return data.numpy(), channels_last
 
 
 def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> Tree:
@@ -237,12 +304,7 @@ def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> T
     if cost not in GRID_COSTS:
         raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
     impl = check_impl(impl, guide.device)
-    height, width = guide.shape[2], guide.shape[3]
-    with torch.no_grad(), _autocast_off(guide.device):
-        costs = grid_edge_costs(guide, cost, impl=impl)
-        edges = grid_edges(height, width, device=guide.device)
-        tree_edges = minimum_spanning_tree(edges, costs, height * width, impl=impl)
-        return bfs_tree(tree_edges, height * width, root=0, impl=impl)
+    return Tree(*_grid_tree_op(guide.detach(), cost, impl))
 
 
 def _autocast_off(device: torch.device):

@@ -1,0 +1,178 @@
+"""CPU kernels for the edge costs of the 4-neighbour grid (numba).
+
+The three per-pixel sums a cost needs, |x_p|^2, <x_p, x_{p+W}> (down) and <x_p, x_{p+1}>
+(right), are accumulated over channels in channel order, in float32, with pixels as the
+vector lanes. Both memory layouts of the guide run exactly the same arithmetic, so a
+channels-last guide gives bit-identical costs to its contiguous copy without paying for the
+copy (a full NCHW transpose costs several times the kernel itself).
+
+The block functions are serial; ``grid_costs`` runs them in parallel over (image, block),
+and the fused grid-tree kernel in ``_tree_numba`` runs them per image.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+PIXEL_BLOCK = 2048  # pixels per block (NCHW): the three accumulators stay in L1
+ROW_BLOCK = 8  # image rows per block (NHWC)
+
+
+@nb.njit(cache=True, inline="always")
+def _accumulate(x, x_down, x_right, n_down, n_right, n, cosine, acc_sq, acc_down, acc_right):
+    """Add one channel's contribution; x_down[i] / x_right[i] are the neighbours of x[i]."""
+    if cosine:
+        for i in range(n_down):
+            a = x[i]
+            acc_sq[i] += a * a
+            acc_down[i] += a * x_down[i]
+            acc_right[i] += a * x_right[i]
+        for i in range(n_down, n):
+            a = x[i]
+            acc_sq[i] += a * a
+            if i < n_right:
+                acc_right[i] += a * x_right[i]
+    else:
+        for i in range(n_down):
+            a = x[i]
+            d = a - x_down[i]
+            acc_down[i] += d * d
+            d = a - x_right[i]
+            acc_right[i] += d * d
+        for i in range(n_down, n_right):
+            d = x[i] - x_right[i]
+            acc_right[i] += d * d
+
+
+@nb.njit(cache=True)
+def block_sums_nchw(image, block, cosine, sq, down, right):
+    """Sums of pixels [block * PIXEL_BLOCK, ...) of one (C, H, W) image into sq/down/right (H*W,)."""
+    channels, height, width = image.shape
+    hw = height * width
+    flat = image.reshape(channels, hw)
+    p0 = block * PIXEL_BLOCK
+    p1 = min(p0 + PIXEL_BLOCK, hw)
+    n_down = max(min(p1, hw - width) - p0, 0)  # pixels that have a lower neighbour
+    n_right = max(min(p1, hw - 1) - p0, 0)  # (pairs that wrap to the next row are unused)
+    # Fresh local accumulators: LLVM knows they alias nothing, so the loops vectorise.
+    acc_sq = np.zeros(p1 - p0, np.float32)
+    acc_down = np.zeros(p1 - p0, np.float32)
+    acc_right = np.zeros(p1 - p0, np.float32)
+    for ch in range(channels):
+        _accumulate(flat[ch, p0:], flat[ch, p0 + width:], flat[ch, p0 + 1:],
+                    n_down, n_right, p1 - p0, cosine, acc_sq, acc_down, acc_right)
+    sq[p0:p1] = acc_sq
+    down[p0:p1] = acc_down
+    right[p0:p1] = acc_right
+
+
+@nb.njit(cache=True)
+def block_sums_nhwc(image, block, cosine, sq, down, right):
+    """Sums of rows [block * ROW_BLOCK, ...) of one (H, W, C) image into sq/down/right (H*W,).
+
+    The rows (plus the row below) are first transposed into a small (C, pixels) tile that
+    stays in cache; then the arithmetic is that of the NCHW layout.
+    """
+    height, width, channels = image.shape
+    hw = height * width
+    r0 = block * ROW_BLOCK
+    r1 = min(r0 + ROW_BLOCK, height)
+    r_end = min(r1 + 1, height)  # one more row: the lower neighbours of row r1 - 1
+    pixels = image.reshape(hw, channels)
+    p0 = r0 * width
+    tile = np.empty((channels, (r_end - r0) * width), np.float32)
+    for q in range(tile.shape[1]):
+        for ch in range(channels):
+            tile[ch, q] = pixels[p0 + q, ch]
+    n_pix = (r1 - r0) * width
+    n_down = max(min(r1 * width, hw - width) - p0, 0)
+    n_right = max(min(r1 * width, hw - 1) - p0, 0)
+    acc_sq = np.zeros(n_pix, np.float32)
+    acc_down = np.zeros(n_pix, np.float32)
+    acc_right = np.zeros(n_pix, np.float32)
+    for ch in range(channels):
+        x = tile[ch]
+        _accumulate(x, x[width:], x[1:], n_down, n_right, n_pix, cosine, acc_sq, acc_down, acc_right)
+    sq[p0:p0 + n_pix] = acc_sq
+    down[p0:p0 + n_pix] = acc_down
+    right[p0:p0 + n_pix] = acc_right
+
+
+@nb.njit(cache=True)
+def num_blocks(height, width, channels_last):
+    if channels_last:
+        return (height + ROW_BLOCK - 1) // ROW_BLOCK
+    return (height * width + PIXEL_BLOCK - 1) // PIXEL_BLOCK
+
+
+@nb.njit(cache=True)
+def row_costs(sq, down, right, r, width, cosine, costs):
+    """Costs of the edges leaving row r downwards and rightwards, in grid_edges order.
+
+    cosine: exp(-<u, v> / (max(|u|, eps) * max(|v|, eps))), eps = 1e-8 as in
+    torch.cosine_similarity; otherwise the squared distance as accumulated.
+    """
+    height = sq.shape[0] // width
+    num_vertical = (height - 1) * width
+    eps = np.float32(1e-8)
+    for c in range(width):
+        p = r * width + c
+        norm = max(np.sqrt(sq[p]), eps)
+        if r + 1 < height:
+            if cosine:
+                below = max(np.sqrt(sq[p + width]), eps)
+                costs[p] = np.exp(-(down[p] / (norm * below)))
+            else:
+                costs[p] = down[p]
+        if c + 1 < width:
+            k = num_vertical + r * (width - 1) + c
+            if cosine:
+                beside = max(np.sqrt(sq[p + 1]), eps)
+                costs[k] = np.exp(-(right[p] / (norm * beside)))
+            else:
+                costs[k] = right[p]
+
+
+@nb.njit(cache=True)
+def image_costs(image, channels_last, cosine, costs):
+    """Costs (E,) of one image, (C, H, W) or, if channels_last, (H, W, C); serial."""
+    if channels_last:
+        height, width = image.shape[0], image.shape[1]
+    else:
+        height, width = image.shape[1], image.shape[2]
+    sq = np.empty(height * width, np.float32)
+    down = np.empty(height * width, np.float32)
+    right = np.empty(height * width, np.float32)
+    for block in range(num_blocks(height, width, channels_last)):
+        if channels_last:
+            block_sums_nhwc(image, block, cosine, sq, down, right)
+        else:
+            block_sums_nchw(image, block, cosine, sq, down, right)
+    for r in range(height):
+        row_costs(sq, down, right, r, width, cosine, costs)
+
+
+@nb.njit(cache=True, parallel=True)
+def grid_costs(guide, channels_last, cosine, costs):
+    """Costs (B, E) float32 of a batch, in parallel over (image, block) then (image, row).
+
+    guide: float32, C-contiguous, (B, C, H, W) or, if channels_last, (B, H, W, C).
+    """
+    batch = guide.shape[0]
+    if channels_last:
+        height, width = guide.shape[1], guide.shape[2]
+    else:
+        height, width = guide.shape[2], guide.shape[3]
+    sq = np.empty((batch, height * width), np.float32)
+    down = np.empty((batch, height * width), np.float32)
+    right = np.empty((batch, height * width), np.float32)
+    blocks = num_blocks(height, width, channels_last)
+    for job in nb.prange(batch * blocks):
+        b = job // blocks
+        if channels_last:
+            block_sums_nhwc(guide[b], job - b * blocks, cosine, sq[b], down[b], right[b])
+        else:
+            block_sums_nchw(guide[b], job - b * blocks, cosine, sq[b], down[b], right[b])
+    for job in nb.prange(batch * height):
+        b = job // height
+        row_costs(sq[b], down[b], right[b], job - b * height, width, cosine, costs[b])
