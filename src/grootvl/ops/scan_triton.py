@@ -109,10 +109,17 @@ def _walk_levels(STEP: tl.constexpr, bufs, order_ptr, parent_ptr, off_ptr, b, L,
 
 @triton.jit
 def _up_step(bufs, v_offs, p_offs, mask):
-    """up[p(v)] += lam[v] * up[v]; up[v] is complete because its children's level is done."""
-    up_ptr, lam_ptr = bufs
-    up_v = tl.load(up_ptr + v_offs, mask=mask, other=0.0, cache_modifier=".cg")
-    lam = tl.load(lam_ptr + v_offs, mask=mask, other=0.0).to(up_ptr.dtype.element_ty)
+    """up[v] = src[v] + (what v's children added into up[v]); then up[p(v)] += lam[v] up[v].
+
+    The children's level is done, so their sum in up[v] is complete.
+    """
+    src_ptr, up_ptr, lam_ptr = bufs
+    acc_dtype = up_ptr.dtype.element_ty
+    src_v = tl.load(src_ptr + v_offs, mask=mask, other=0.0).to(acc_dtype)
+    children = tl.load(up_ptr + v_offs, mask=mask, other=0.0, cache_modifier=".cg")
+    lam = tl.load(lam_ptr + v_offs, mask=mask, other=0.0).to(acc_dtype)
+    up_v = src_v + children
+    tl.store(up_ptr + v_offs, up_v, mask=mask)
     tl.atomic_add(up_ptr + p_offs, lam * up_v, mask=mask, sem="relaxed")
 
 
@@ -164,25 +171,35 @@ def _subtree_grad_step(bufs, v_offs, p_offs, mask):
 
 
 @triton.jit
-def _up_pass(src_ptr, up_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, num_levels,
-             cols, cmask, BLOCK_V: tl.constexpr):
-    """up = subtree scan of src: up[v] = src[v] + sum over children u of lam[u] up[u]."""
-    for first in range(0, L, BLOCK_V):  # up <- src, converted to the accumulation dtype
-        rows = first + tl.arange(0, BLOCK_V)
-        offs = (b * L + rows)[:, None] * C + cols[None, :]
-        mask = (rows < L)[:, None] & cmask[None, :]
-        src = tl.load(src_ptr + offs, mask=mask, other=0.0)
-        tl.store(up_ptr + offs, src.to(up_ptr.dtype.element_ty), mask=mask)
-    # Barrier: rows copied above by some threads receive atomics from other threads below.
-    tl.debug_barrier()
-    _walk_levels(_up_step, (up_ptr, lam_ptr), order_ptr, parent_ptr, off_ptr, b, L, C,
-                 num_levels, cols, cmask, REVERSE=True, BLOCK_V=BLOCK_V)
-
-
-@triton.jit
 def _root_offsets(order_ptr, b, L, C, cols):
     root = tl.load(order_ptr + b * L)
     return (b * L + root) * C + cols
+
+
+@triton.jit
+def _up_pass(src_ptr, up_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, num_levels,
+             cols, cmask, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
+    """up = subtree scan of src: up[v] = src[v] + sum over children u of lam[u] up[u].
+
+    Returns the offsets of the root's row and up[root] (held by the threads that use it next).
+    """
+    acc_dtype = up_ptr.dtype.element_ty
+    # up <- 0, the children's sums accumulate into it. Stores only: unlike copying src here,
+    # nothing waits on a load, and src is read in the level steps alongside up.
+    for first in range(0, L, BLOCK_V):
+        rows = first + tl.arange(0, BLOCK_V)
+        offs = (b * L + rows)[:, None] * C + cols[None, :]
+        tl.store(up_ptr + offs, tl.zeros([BLOCK_V, BLOCK_C], dtype=acc_dtype),
+                 mask=(rows < L)[:, None] & cmask[None, :])
+    # Barrier: rows zeroed above by some threads receive atomics from other threads below.
+    tl.debug_barrier()
+    _walk_levels(_up_step, (src_ptr, up_ptr, lam_ptr), order_ptr, parent_ptr, off_ptr,
+                 b, L, C, num_levels, cols, cmask, REVERSE=True, BLOCK_V=BLOCK_V)
+    root = _root_offsets(order_ptr, b, L, C, cols)
+    up_root = (tl.load(src_ptr + root, mask=cmask, other=0.0).to(acc_dtype)
+               + tl.load(up_ptr + root, mask=cmask, other=0.0, cache_modifier=".cg"))
+    tl.store(up_ptr + root, up_root, mask=cmask)
+    return root, up_root
 
 
 @triton.jit
@@ -193,12 +210,10 @@ def _scan_forward_kernel(x_ptr, lam_ptr, up_ptr, y_ptr, order_ptr, parent_ptr, o
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    _up_pass(x_ptr, up_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, num_levels,
-             cols, cmask, BLOCK_V)
+    root, up_root = _up_pass(x_ptr, up_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C,
+                             num_levels, cols, cmask, BLOCK_V, BLOCK_C)
     if FULL:
-        root = _root_offsets(order_ptr, b, L, C, cols)  # y[root] = up[root]
-        tl.store(y_ptr + root, tl.load(up_ptr + root, mask=cmask, other=0.0,
-                                       cache_modifier=".cg"), mask=cmask)
+        tl.store(y_ptr + root, up_root, mask=cmask)  # y[root] = up[root]
         # Barrier: level 1 reads y[root], written above by other threads.
         tl.debug_barrier()
         _walk_levels(_down_step, (up_ptr, y_ptr, lam_ptr), order_ptr, parent_ptr, off_ptr,
@@ -213,12 +228,11 @@ def _scan_backward_full_kernel(g_ptr, lam_ptr, up_ptr, y_ptr, upg_ptr, z_ptr,
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
-    _up_pass(g_ptr, upg_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, num_levels,
-             cols, cmask, BLOCK_V)
-    root = _root_offsets(order_ptr, b, L, C, cols)  # z[root] = up_g[root]; grad_decay[root] = 0
-    upg_root = tl.load(upg_ptr + root, mask=cmask, other=0.0, cache_modifier=".cg")
-    tl.store(z_ptr + root, upg_root, mask=cmask)
-    tl.store(upg_ptr + root, tl.zeros_like(upg_root), mask=cmask)  # same threads as the load
+    root, upg_root = _up_pass(g_ptr, upg_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C,
+                              num_levels, cols, cmask, BLOCK_V, BLOCK_C)
+    tl.store(z_ptr + root, upg_root, mask=cmask)  # z[root] = up_g[root]
+    # grad_decay[root] = 0, over up_g[root]: the same threads stored up_g[root] last.
+    tl.store(upg_ptr + root, tl.zeros_like(upg_root), mask=cmask)
     # Barrier: level 1 reads z[root], written above by other threads.
     tl.debug_barrier()
     _walk_levels(_full_grad_step, (upg_ptr, z_ptr, lam_ptr, up_ptr, y_ptr), order_ptr,
