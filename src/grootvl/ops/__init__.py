@@ -8,6 +8,7 @@ the tensors' device.
 from .tree import Tree, bfs_tree, grid_edges, grid_tree
 from .mst import minimum_spanning_tree
 from .tree_scan import tree_scan
+from .text_tree import text_tree
 
 __all__ = [
     "Tree",
@@ -15,5 +16,6 @@ __all__ = [
     "grid_edges",
     "grid_tree",
     "minimum_spanning_tree",
+    "text_tree",
     "tree_scan",
 ]
