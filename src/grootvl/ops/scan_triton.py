@@ -10,9 +10,10 @@ of its tree (``level_offsets``) one after another and treats the vertices of one
 each other's values, only their parents' (down pass) or add into their parents' rows (up
 pass), so a level is data-parallel; consecutive levels are separated by ``tl.debug_barrier()``
 (a CTA-wide barrier, which also makes the global writes of level d visible to every thread of
-the program before level d +- 1 reads them). Values that an earlier level wrote are read with
-``cache_modifier=".cg"`` (from L2, bypassing the SM's L1), because the up pass writes them with
-atomics, which resolve in L2.
+the program before the next level reads them). Values that an earlier level wrote are loaded
+with ``cache_modifier=".cg"``: from L2, where the up pass's atomics resolve, not via the SM's L1.
+The walk is latency-bound (a 56x56 image tree has ~200-300 levels of ~10-50 vertices), so the
+next level's vertex ids are prefetched while the current level works.
 
 The up pass pushes ``lam[u] * up[u]`` into the parent row with a relaxed ``tl.atomic_add``:
 no child list is needed, at the price of the summation order among siblings being unspecified
@@ -103,8 +104,7 @@ def _walk_levels(STEP: tl.constexpr, bufs, order_ptr, parent_ptr, off_ptr, b, L,
 
 # ----------------------------------------------------------------------------------------------
 # One step per pass: what a tile of vertices of one level does. Rows an earlier level of the
-# same walk wrote are loaded with cache_modifier=".cg" (from L2, where the atomics and stores
-# land), never from a possibly stale L1 line.
+# same walk wrote are loaded with cache_modifier=".cg" (from L2, where atomics and stores land).
 
 
 @triton.jit
