@@ -14,50 +14,55 @@ from torch import Tensor
 __all__ = ["scan_forward", "scan_backward", "dense_path_weights"]
 
 
-def _ancestry(order: Tensor, parent: Tensor, level_offsets: Tensor) -> tuple[Tensor, Tensor]:
-    """For one tree: ``is_anc[i, v]`` (v is i or an ancestor of i) and ``lca[i, j]``."""
+def _levels(order: Tensor, level_offsets: Tensor) -> list[Tensor]:
+    """Vertex ids of each BFS level below the root, root level excluded."""
     L = order.numel()
-    device = order.device
-    is_anc = torch.zeros(L, L, dtype=torch.bool, device=device)
-    lca = torch.empty(L, L, dtype=torch.long, device=device)
     offsets = [o for o in level_offsets.tolist() if o < L] + [L]
+    return [order[a:b] for a, b in zip(offsets[1:-1], offsets[2:])]
+
+
+def _ancestry(order: Tensor, parent: Tensor, levels: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """For one tree: ``is_desc[i, j]`` (j is i or below i) and ``lca[i, j]``, both (L, L)."""
+    L = order.numel()
+    is_anc = torch.zeros(L, L, dtype=torch.bool, device=order.device)  # is_anc[i, v]
     root = order[0]
     is_anc[root, root] = True
-    lca[root] = root
-    for start, stop in zip(offsets[:-1], offsets[1:]):
-        if start == 0:
-            continue
-        level = order[start:stop]
+    for level in levels:
         is_anc[level] = is_anc[parent[level]]
         is_anc[level, level] = True
+    is_desc = is_anc.T.contiguous()
+    del is_anc
     # Row of i: lca(i, j) = i where j is in i's subtree, else lca(parent(i), j).
-    is_desc = is_anc.T
-    for start, stop in zip(offsets[:-1], offsets[1:]):
-        if start == 0:
-            continue
-        level = order[start:stop]
+    lca = torch.empty(L, L, dtype=torch.long, device=order.device)
+    lca[root] = root
+    for level in levels:
         lca[level] = torch.where(is_desc[level], level[:, None], lca[parent[level]])
-    return is_anc, lca
+    return is_desc, lca
 
 
-def _path_weights(log_decay: Tensor, is_anc: Tensor, lca: Tensor, root: Tensor,
-                  mode: str) -> Tensor:
-    """S (L, L) for one channel from its log-decays (L,)."""
-    log_decay = log_decay.clone()
-    log_decay[root] = 0  # the root's decay weights no edge
-    log_p = is_anc.to(log_decay.dtype) @ log_decay  # sum of log-decays on root -> v
-    s = (log_p[:, None] + log_p[None, :] - 2 * log_p[lca]).exp()
-    if mode == "subtree":
-        s = s * is_anc.T.to(s.dtype)  # keep j in subtree(i): i is an ancestor of j
-    return s
+def _log_paths(decay: Tensor, order: Tensor, parent: Tensor, levels: list[Tensor]) -> Tensor:
+    """(L, C) sum of log-decays on the path root -> v (the root's own decay is unused)."""
+    log_p = torch.zeros_like(decay)
+    for level in levels:
+        log_p[level] = log_p[parent[level]] + decay[level].log()
+    return log_p
+
+
+def _path_weights(log_p: Tensor, lca: Tensor) -> Tensor:
+    """S (L, L) for one channel from its root-path log-decays (L,); in place to save memory."""
+    s = log_p[lca]
+    s.mul_(-2).add_(log_p[:, None]).add_(log_p[None, :])
+    return s.exp_()
 
 
 def dense_path_weights(decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor,
                        mode: str = "full") -> Tensor:
     """S (C, L, L) of one tree (order, parent, level_offsets of one batch row), decay (L, C)."""
-    is_anc, lca = _ancestry(order, parent, level_offsets)
-    return torch.stack([_path_weights(decay[:, c].log(), is_anc, lca, order[0], mode)
-                        for c in range(decay.shape[1])])
+    levels = _levels(order, level_offsets)
+    is_desc, lca = _ancestry(order, parent, levels)
+    log_p = _log_paths(decay, order, parent, levels)
+    s = torch.stack([_path_weights(log_p[:, c], lca) for c in range(decay.shape[1])])
+    return s * is_desc if mode == "subtree" else s
 
 
 def _recover_x(up: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tensor:
@@ -69,43 +74,59 @@ def _recover_x(up: Tensor, decay: Tensor, order: Tensor, parent: Tensor) -> Tens
     return x
 
 
-def _dense(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor,
-           mode: str, grad_y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Without grad_y: (S x, unused). With grad_y: (S^T g, dL/d decay).
+def _dense_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+                   level_offsets: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """(S x, S_subtree x): the full scan (zeros for mode 'subtree') and the subtree scan."""
+    y = torch.zeros_like(x)
+    up = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        levels = _levels(order[b], level_offsets[b])
+        is_desc, lca = _ancestry(order[b], parent[b], levels)
+        log_p = _log_paths(decay[b], order[b], parent[b], levels)
+        for c in range(x.shape[2]):  # per channel keeps memory at one L x L matrix
+            s = _path_weights(log_p[:, c], lca)
+            if mode == "full":
+                y[b, :, c] = s @ x[b, :, c]
+            up[b, :, c] = s.masked_fill_(~is_desc, 0) @ x[b, :, c]
+    return y, up
+
+
+def _dense_backward(x: Tensor, grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+                    level_offsets: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """(S^T g, dL/d decay) of L = g . (S x), from the dense S and its derivative.
 
     dS(i, j)/d decay[v] = S(i, j) / decay[v] when the edge (v, parent(v)) is on the i..j path,
     i.e. when exactly one of i, j lies in subtree(v). With M = S * (g x^T) and
     D[v, i] = [i in subtree(v)], the decay gradient is
-    (rowsum(D M) + rowsum(D M^T) - 2 diag(D M D^T)) / decay.
+    (rowsum(D M) + rowsum(D M^T) - 2 diag(D M D^T)) / decay. O(L^3): small trees only.
     """
-    out = torch.zeros_like(x)
+    grad_x = torch.zeros_like(x)
     grad_decay = torch.zeros_like(x)
     for b in range(x.shape[0]):
-        is_anc, lca = _ancestry(order[b], parent[b], level_offsets[b])
+        levels = _levels(order[b], level_offsets[b])
+        is_desc, lca = _ancestry(order[b], parent[b], levels)
+        log_p = _log_paths(decay[b], order[b], parent[b], levels)
+        in_subtree = is_desc.to(x.dtype)
         root = order[b, 0]
-        in_subtree = is_anc.T.to(x.dtype)
-        for c in range(x.shape[2]):  # per channel keeps memory at a few L x L matrices
-            s = _path_weights(decay[b, :, c].log(), is_anc, lca, root, mode)
-            if grad_y is None:
-                out[b, :, c] = s @ x[b, :, c]
-                continue
+        for c in range(x.shape[2]):
+            s = _path_weights(log_p[:, c], lca)
+            if mode == "subtree":
+                s = s * in_subtree
             g = grad_y[b, :, c]
-            out[b, :, c] = s.T @ g
+            grad_x[b, :, c] = s.T @ g
             m = s * (g[:, None] * x[b, None, :, c])
             dm = in_subtree @ m
             crossing = dm.sum(1) + in_subtree @ m.sum(0) - 2 * (dm * in_subtree).sum(1)
             grad_decay[b, :, c] = crossing / decay[b, :, c]
             grad_decay[b, root, c] = 0
-    return out, grad_decay
+    return grad_x, grad_decay
 
 
 def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor,
                  mode: str) -> tuple[Tensor, Tensor]:
     """(y, up) by dense matrix products; up is the subtree scan (== y for mode 'subtree')."""
-    up, _ = _dense(x, decay, order, parent, level_offsets, "subtree")
-    if mode == "subtree":
-        return up, up
-    return _dense(x, decay, order, parent, level_offsets, "full")[0], up
+    y, up = _dense_forward(x, decay, order, parent, level_offsets, mode)
+    return (up, up) if mode == "subtree" else (y, up)
 
 
 def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
@@ -117,4 +138,4 @@ def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
     recovered exactly from the up pass.
     """
     x = _recover_x(up, decay, order, parent)
-    return _dense(x, decay, order, parent, level_offsets, mode, grad_y)
+    return _dense_backward(x, grad_y, decay, order, parent, level_offsets, mode)

@@ -17,13 +17,11 @@ from __future__ import annotations
 import importlib
 import warnings
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .tree import Tree
+from .tree import Tree
 
 __all__ = ["tree_scan", "available_impls", "default_impl"]
 
@@ -157,7 +155,7 @@ def _check_index(name: str, t: Tensor, shape: tuple[int, ...], device: torch.dev
         raise ValueError(f"tree.{name} has shape {tuple(t.shape)}, expected {shape}")
 
 
-def tree_scan(x: Tensor, decay: Tensor, tree: "Tree", mode: str = "full",
+def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
               impl: str | None = None) -> Tensor:
     """Propagate ``x`` over ``tree`` with per-edge ``decay`` (DESIGN.md §2), in O(L) per channel.
 
@@ -191,6 +189,9 @@ def tree_scan(x: Tensor, decay: Tensor, tree: "Tree", mode: str = "full",
                          "put them on the same device")
     if mode not in MODES:
         raise ValueError(f"tree_scan: mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(tree, Tree):
+        raise TypeError("tree_scan: tree must be a grootvl.ops.Tree (from grid_tree or "
+                        f"bfs_tree), got {type(tree).__name__}")
     B, L, _ = x.shape
     if tree.order.dim() != 2 or tree.order.shape[0] != B:
         raise ValueError(f"tree_scan: the tree has batch size {tree.order.shape[0]} but x has "
