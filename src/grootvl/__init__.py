@@ -6,3 +6,8 @@ for Hugging Face Mamba language models; ``grootvl.dense`` detection/segmentation
 """
 
 __version__ = "0.1.0"
+
+from .checkpoint import load_checkpoint
+from .models import GrootV  # registers grootv_tiny / grootv_small / grootv_base with timm
+
+__all__ = ["GrootV", "load_checkpoint", "__version__"]

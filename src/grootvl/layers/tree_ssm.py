@@ -1,0 +1,167 @@
+"""The vision Tree SSM layer of GrootV (DESIGN.md §4).
+
+A selective state space layer whose state propagates over a minimum spanning tree of the
+pixel grid instead of a 1-D sequence. Parameter names and shapes are those of the released
+GrootV checkpoints (``in_proj``, ``conv2d``, ``x_proj_weight``, ``dt_projs_weight``,
+``dt_projs_bias``, ``A_logs``, ``Ds``, ``out_norm``, ``h_norm``, ``out_proj``), so their
+state dicts load unchanged.
+
+Layout: the layer works channels-last throughout. The guide, the scan input and the decays
+are all (B, L, D) contiguous, which is what ``tree_scan`` wants, so the only layout changes
+are the depthwise convolution's (its output is produced in channels-last memory format, so
+viewing it back as (B, H, W, D) is free) and the copy ``grid_tree`` makes to compute edge
+costs in the original's reduction order.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import Tree, grid_tree, tree_scan
+
+__all__ = ["TreeSSM"]
+
+
+class TreeSSM(nn.Module):
+    """Tree-topology selective state space layer on (B, H, W, C) channels-last features.
+
+    Args:
+        d_model: channels C of the input and output.
+        d_state: state size N per channel; GrootV uses 1 (the only value the released
+            model's output projection ``y = C·h`` supports).
+        expand: d_inner = expand * d_model channels inside the layer.
+        dt_rank: rank R of the Δ projection; ``None`` means ceil(d_model / 16).
+        d_conv: kernel size of the depthwise convolution.
+        dt_min, dt_max, dt_init_floor: range of the initial step size Δ (DESIGN.md §4).
+        tree_cost: edge cost for the spanning tree, ``"cosine"`` (GrootV) or ``"l2"``.
+        scan_impl: ``tree_scan`` implementation (``None``: fastest for the device).
+        tree_impl: ``grid_tree`` implementation (``None``: fastest for the device).
+
+    ``forward(x, tree=None)`` returns ``(out, tree)``: pass a ``Tree`` to reuse one built
+    by an earlier layer (tree sharing), otherwise the tree is built from this layer's
+    guide features. The scan path (x_proj to out_norm) runs in float32 (float64 for
+    float64 inputs), also under autocast.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 1,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        d_conv: int = 3,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        tree_cost: str = "cosine",
+        scan_impl: str | None = None,
+        tree_impl: str | None = None,
+    ) -> None:
+        super().__init__()
+        if d_state != 1:
+            raise ValueError(
+                f"d_state={d_state} is not supported: the GrootV output y = C·h has one state "
+                "per channel; use d_state=1"
+            )
+        if d_conv < 1 or d_conv % 2 == 0:
+            raise ValueError(f"d_conv must be an odd kernel size >= 1, got {d_conv}")
+        self.d_model = d_model
+        self.d_inner = d_inner = int(expand * d_model)
+        self.d_state = d_state
+        self.dt_rank = dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
+        self.tree_cost = tree_cost
+        self.scan_impl = scan_impl
+        self.tree_impl = tree_impl
+
+        # Registration order fixes the state-dict order of the released checkpoints:
+        # the layer's own parameters first, then out_norm, h_norm, in_proj, conv2d, out_proj.
+        self.x_proj_weight = nn.Parameter(torch.empty(1, dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(1, d_inner, dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(1, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.h_norm = nn.LayerNorm(d_inner)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2,
+                                groups=d_inner, bias=False)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        for param in (self.A_logs, self.Ds):
+            param._no_weight_decay = True  # read by trainers that honour the Mamba convention
+        self.reset_ssm_parameters(dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1,
+                             dt_init_floor: float = 1e-4) -> None:
+        """Initialise x_proj, Δ projection, A and D as in DESIGN.md §4.
+
+        ``in_proj``/``out_proj``/norms keep their module defaults here; the backbone
+        re-initialises linear layers (truncated normal) and norms.
+        """
+        nn.init.uniform_(self.x_proj_weight, -self.d_inner ** -0.5, self.d_inner ** -0.5)
+        nn.init.uniform_(self.dt_projs_weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = log_dt.exp().clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_((dt + torch.log(-torch.expm1(-dt))).unsqueeze(0))  # softplus⁻¹
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32))
+                          .expand(self.d_inner, -1))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: Tensor, tree: Tree | None = None) -> tuple[Tensor, Tree]:
+        """(B, H, W, C) -> ((B, H, W, C), the tree the state propagated over)."""
+        if x.dim() != 4 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"TreeSSM expects channels-last input (B, H, W, {self.d_model}), got shape "
+                f"{tuple(x.shape)}"
+            )
+        d_inner = self.d_inner
+        weight = self.in_proj.weight
+        # Two projections instead of one + chunk: each half comes out contiguous, so the
+        # convolution input below is an exact channels-last tensor (no hidden copy).
+        x_in = F.linear(x, weight[:d_inner])
+        z = F.silu(F.linear(x, weight[d_inner:]))
+        x_in = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)))  # (B, D, H, W), channels-last memory
+        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), tree)
+        return self.out_proj(y.to(z.dtype) * z), tree
+
+    def _scan_path(self, xs: Tensor, tree: Tree | None) -> tuple[Tensor, Tree]:
+        """The selective scan over the tree, in float32: (B, H, W, D) -> (B, H, W, D)."""
+        batch, height, width, d_inner = xs.shape
+        compute = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        with _autocast_disabled(xs.device):
+            # (B, L, D); a view when the convolution kept channels-last memory format
+            xs = xs.to(compute).reshape(batch, height * width, d_inner)
+            x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
+            dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            delta = F.softplus(F.linear(dt, self.dt_projs_weight[0].to(compute),
+                                        self.dt_projs_bias[0].to(compute)))  # (B, L, D)
+            a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
+            decay = torch.exp(delta * a)
+            u = delta * b_in * xs
+            if tree is None:
+                guide = xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2)
+                tree = grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl)
+            h = tree_scan(u, decay, tree, mode="full", impl=self.scan_impl)
+            h = F.layer_norm(h, (d_inner,), self.h_norm.weight.to(compute),
+                             self.h_norm.bias.to(compute), self.h_norm.eps)
+            # y = C·h as a (D x 1)(1 x 1) matrix product per position, as the original
+            # computes it (so FLOP counters see the same op), then the skip D·x.
+            y = torch.matmul(h.unsqueeze(-1), c_out.unsqueeze(-1)).squeeze(-1)
+            y = y + self.Ds.to(compute) * xs
+            y = F.layer_norm(y, (d_inner,), self.out_norm.weight.to(compute),
+                             self.out_norm.bias.to(compute), self.out_norm.eps)
+        return y.view(batch, height, width, d_inner), tree
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+                f"dt_rank={self.dt_rank}, tree_cost={self.tree_cost!r}, scan_impl={self.scan_impl!r}")
+
+
+def _autocast_disabled(device: torch.device):
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()

@@ -1,0 +1,404 @@
+"""GrootV backbones (DESIGN.md §5) and their timm registration.
+
+Module and parameter names reproduce the released GrootV checkpoints exactly (e.g.
+``patch_embed.norm1.1.weight``, ``levels.2.blocks.4.TreeSSM.A_logs``,
+``conv_head.1.0.running_var``), which is why a few norms sit inside one-element
+``nn.Sequential`` containers next to parameter-free ``Permute`` modules.
+
+Feature maps are channels-last (B, H, W, C) inside the network; ``forward_features`` and the
+features returned by ``forward_intermediates`` / ``features_only`` are NCHW as timm expects.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+
+from ..checkpoint import checkpoint_filter_fn, load_pretrained_into
+from ..layers import TreeSSM
+from ..ops import Tree
+
+__all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
+
+TREE_SHARING = ("block", "stage")
+
+
+class Permute(nn.Module):
+    """Permute dimensions (channels-first <-> channels-last); no parameters."""
+
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(*self.dims)
+
+
+def _layer_norm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6)
+
+
+class Stem(nn.Module):
+    """Two stride-2 3x3 convolutions (with bias) to C channels at 1/4 resolution.
+
+    NCHW input, channels-last (B, H/4, W/4, C) output. The norms are LayerNorms over
+    channels (the released checkpoints hold LayerNorm weights here, not BatchNorm).
+    """
+
+    def __init__(self, in_chans: int, out_chans: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, out_chans // 2, 3, stride=2, padding=1)
+        self.norm1 = nn.Sequential(Permute(0, 2, 3, 1), _layer_norm(out_chans // 2), Permute(0, 3, 1, 2))
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(out_chans // 2, out_chans, 3, stride=2, padding=1)
+        self.norm2 = nn.Sequential(Permute(0, 2, 3, 1), _layer_norm(out_chans))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution (no bias) doubling the channels, then LayerNorm; NHWC in/out."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, bias=False)
+        self.norm = nn.Sequential(Permute(0, 2, 3, 1), _layer_norm(2 * channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)))
+
+
+class GrootVBlock(nn.Module):
+    """Pre-norm residual block: x + DropPath(TreeSSM(LN(x))); x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, channels: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
+                 **ssm_kwargs) -> None:
+        super().__init__()
+        self.norm1 = nn.Sequential(_layer_norm(channels))
+        self.TreeSSM = TreeSSM(channels, **ssm_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.Sequential(_layer_norm(channels))
+        self.mlp = Mlp(channels, int(channels * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: Tensor, tree: Tree | None = None) -> tuple[Tensor, Tree]:
+        """(B, H, W, C) -> ((B, H, W, C), tree used); ``tree`` None builds this block's own."""
+        y, tree = self.TreeSSM(self.norm1(x), tree)
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, tree
+
+
+class GrootVStage(nn.Module):
+    """Blocks at one resolution, a final LayerNorm, and the downsampling to the next stage.
+
+    ``forward`` returns the normalised stage output (the feature map taken for dense
+    prediction); the model applies ``downsample`` separately.
+    """
+
+    def __init__(self, channels: int, depth: int, drop_path: Sequence[float], downsample: bool,
+                 mlp_ratio: float = 4.0, tree_sharing: str = "block", **ssm_kwargs) -> None:
+        super().__init__()
+        self.tree_sharing = tree_sharing
+        self.grad_checkpointing = False
+        self.blocks = nn.ModuleList(
+            GrootVBlock(channels, mlp_ratio, drop_path[i], **ssm_kwargs) for i in range(depth))
+        self.norm = nn.Sequential(_layer_norm(channels))
+        self.downsample = Downsample(channels) if downsample else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        tree = None
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, block_tree = checkpoint(block, x, tree)
+            else:
+                x, block_tree = block(x, tree)
+            if self.tree_sharing == "stage":
+                tree = block_tree  # later blocks reuse the tree of the stage's first block
+        return self.norm(x)
+
+
+class GrootV(nn.Module):
+    """GrootV image backbone/classifier: tree-topology SSM blocks in four stages.
+
+    Args:
+        channels: C, channels of the first stage (stages have C, 2C, 4C, 8C).
+        depths: blocks per stage.
+        num_classes: classifier outputs; 0 for no classifier (``head`` is Identity).
+        in_chans: input image channels.
+        mlp_ratio: MLP hidden size / channels.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, rising linearly from 0 over all blocks.
+        head_scale: the 1x1 head convolution widens 8C to ``int(head_scale * 8C)``.
+        global_pool: ``"avg"`` or ``""`` (no pooling in ``forward_head``).
+        tree_sharing: ``"block"`` (every block builds its own tree; the released
+            checkpoints were trained this way) or ``"stage"`` (all blocks of a stage use the
+            tree built from the first block's guide; faster, see DESIGN.md §5).
+        tree_cost: spanning-tree edge cost, ``"cosine"`` or ``"l2"``.
+        scan_impl, tree_impl: ``grootvl.ops`` implementations (None: fastest for the device).
+    """
+
+    def __init__(
+        self,
+        channels: int = 80,
+        depths: Sequence[int] = (2, 2, 9, 2),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        head_scale: float = 1.5,
+        global_pool: str = "avg",
+        tree_sharing: str = "block",
+        tree_cost: str = "cosine",
+        scan_impl: str | None = None,
+        tree_impl: str | None = None,
+    ) -> None:
+        super().__init__()
+        if tree_sharing not in TREE_SHARING:
+            raise ValueError(f"tree_sharing must be one of {TREE_SHARING}, got {tree_sharing!r}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+        if channels < 2 or channels % 2:
+            raise ValueError(f"channels must be an even number >= 2, got {channels}")
+        self.channels = channels
+        self.depths = tuple(depths)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.global_pool = global_pool
+        self.tree_sharing = tree_sharing
+        num_stages = len(self.depths)
+        stage_chs = [channels * 2 ** i for i in range(num_stages)]
+        self.head_hidden_size = self.num_features = int(stage_chs[-1] * head_scale)
+        self.output_fmt = "NCHW"
+
+        self.patch_embed = Stem(in_chans, channels)
+        rates = torch.linspace(0, drop_path_rate, sum(self.depths), device="cpu").tolist()
+        self.levels = nn.ModuleList()
+        self.feature_info = []
+        for i, depth in enumerate(self.depths):
+            first = sum(self.depths[:i])
+            self.levels.append(GrootVStage(
+                stage_chs[i], depth, rates[first:first + depth], downsample=i < num_stages - 1,
+                mlp_ratio=mlp_ratio, tree_sharing=tree_sharing, tree_cost=tree_cost,
+                scan_impl=scan_impl, tree_impl=tree_impl))
+            self.feature_info.append(dict(num_chs=stage_chs[i], reduction=4 * 2 ** i, module=f"levels.{i}"))
+        self.conv_head = nn.Sequential(
+            nn.Conv2d(stage_chs[-1], self.num_features, 1, bias=False),
+            nn.Sequential(nn.BatchNorm2d(self.num_features)),
+            nn.GELU(),
+        )
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ timm interface
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Full names of A_logs and Ds (norm weights and biases are 1-D, timm skips those)."""
+        return {name for name, _ in self.named_parameters() if name.endswith((".A_logs", ".Ds"))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^levels\.(\d+)" if coarse else [
+                (r"^levels\.(\d+)\.blocks\.(\d+)", None),
+                (r"^levels\.(\d+)\.(norm|downsample)", (99998,)),
+                (r"^conv_head", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for level in self.levels:
+            level.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a fresh one of ``num_classes`` outputs (0: none)."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = next(self.parameters())
+        self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+                     if num_classes > 0 else nn.Identity())
+        self.head.apply(self._init_weights)
+
+    def load_pretrained(self, path: str) -> None:
+        """timm ``custom_load`` hook: load a released checkpoint file (see ``grootvl.load_checkpoint``)."""
+        load_pretrained_into(self, path)
+
+    # ------------------------------------------------------------------ forward
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs (after each stage's LayerNorm, before downsampling).
+
+        Args:
+            indices: take the last n stages if int, all if None, else these stage indices.
+            norm: unused; stage outputs are already normalised.
+            stop_early: stop after the last requested stage.
+            output_fmt: ``"NCHW"`` or ``"NHWC"`` for the intermediates.
+            intermediates_only: return only the list of intermediates.
+        """
+        output_fmt = str(getattr(output_fmt, "value", output_fmt))
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.levels), indices)
+        levels = self.levels[:max_index + 1] if stop_early else self.levels
+        intermediates = []
+        x = self.patch_embed(x)
+        for i, level in enumerate(levels):
+            feature = level(x)
+            if i in take_indices:
+                intermediates.append(feature.permute(0, 3, 1, 2) if output_fmt == "NCHW" else feature)
+            x = level.downsample(feature) if level.downsample is not None else feature
+        if intermediates_only:
+            return intermediates
+        if len(levels) == len(self.levels):
+            x = self.conv_head(x.permute(0, 3, 1, 2))
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the head if ``prune_head``)."""
+        take_indices, max_index = feature_take_indices(len(self.levels), indices)
+        self.levels = self.levels[:max_index + 1]
+        self.levels[-1].downsample = None  # its output would feed a pruned stage
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.conv_head = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, in_chans, H, W) -> (B, num_features, H/32, W/32) before pooling."""
+        x = self.patch_embed(x)
+        for level in self.levels:
+            x = level(x)
+            if level.downsample is not None:
+                x = level.downsample(x)
+        return self.conv_head(x.permute(0, 3, 1, 2))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool (as ``nn.AdaptiveAvgPool2d``, like the original) and classifier."""
+        if self.global_pool == "avg":
+            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------- timm registration
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "patch_embed.conv1",
+        "classifier": "head",
+        "license": "mit",
+        "origin_url": "https://github.com/EasonXiao-888/MambaTree",
+        "paper_ids": "arXiv:2406.02395",
+        "paper_name": "GrootVL: Tree Topology is All You Need in State Space Model",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "grootv_tiny.in1k": _cfg(),
+    "grootv_small.in1k": _cfg(),
+    "grootv_base.in1k": _cfg(),
+})
+
+
+def _pretrained_source(variant: str, kwargs: dict) -> None:
+    """Raise unless a weight source was given: the released weights are not downloadable."""
+    cfg = kwargs.get("pretrained_cfg") or {}
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if not isinstance(cfg, dict):
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+    merged = {**cfg, **overlay}
+    if not any(merged.get(k) for k in ("file", "url", "hf_hub_id", "state_dict")):
+        raise RuntimeError(
+            f"{variant}: no downloadable weights are registered (the original release is not "
+            "hosted where timm can fetch it). Download the checkpoint (.pth from the GrootVL "
+            "release, or a .safetensors) and pass it as "
+            f"timm.create_model('{variant}', pretrained=True, "
+            "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')), or use "
+            "grootvl.load_checkpoint(model, path)."
+        )
+    if merged.get("file") and "custom_load" not in overlay:
+        # Files go through GrootV.load_pretrained: it reads the original release format
+        # (model/model_ema/config), which timm's generic loader would reject or misread.
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "custom_load": True}
+
+
+def _create_grootv(variant: str, pretrained: bool = False, **kwargs) -> GrootV:
+    if pretrained:
+        _pretrained_source(variant, kwargs)
+    return build_model_with_cfg(
+        GrootV, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+
+
+@register_model
+def grootv_tiny(pretrained: bool = False, **kwargs) -> GrootV:
+    """GrootV-T: C=80, depths 2-2-9-2, 29.96 M parameters, 4.78 GFLOPs at 224."""
+    args = dict(channels=80, depths=(2, 2, 9, 2), drop_path_rate=0.1)
+    return _create_grootv("grootv_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def grootv_small(pretrained: bool = False, **kwargs) -> GrootV:
+    """GrootV-S: C=96, depths 2-2-13-2, 51.33 M parameters, 8.52 GFLOPs at 224."""
+    args = dict(channels=96, depths=(2, 2, 13, 2), drop_path_rate=0.3)
+    return _create_grootv("grootv_small", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def grootv_base(pretrained: bool = False, **kwargs) -> GrootV:
+    """GrootV-B: C=128, depths 2-2-13-2, 90.60 M parameters, 15.09 GFLOPs at 224."""
+    args = dict(channels=128, depths=(2, 2, 13, 2), drop_path_rate=0.5)
+    return _create_grootv("grootv_base", pretrained, **dict(args, **kwargs))
