@@ -164,6 +164,17 @@ def test_greedy_generation_matches_full_forward(grootl, batch):
     assert torch.equal(sequence[:, 17:], full[:, 16:26].argmax(-1))
 
 
+def test_cache_continues_with_several_tokens_at_once(grootl):
+    ids = tokens(2, 20, seed=6)
+    with torch.no_grad():
+        full = grootl(ids, context_length=12).logits
+        prompt = grootl(ids[:, :12], context_length=12, use_cache=True)
+        chunk = grootl(ids[:, 12:16], cache=prompt.cache, use_cache=True)  # chain scan from the cached state
+        step = grootl(ids[:, 16:17], cache=chunk.cache, use_cache=True)  # one recurrence step
+    got = torch.cat([prompt.logits, chunk.logits, step.logits], dim=1)
+    torch.testing.assert_close(got, full[:, :17], rtol=0, atol=1e-5)
+
+
 def test_left_padded_batch_generates_like_each_prompt_alone(grootl):
     long, short = tokens(1, 15, seed=4)[0], tokens(1, 9, seed=5)[0]
     batch = torch.full((2, 15), 257)

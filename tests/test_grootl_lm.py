@@ -121,6 +121,13 @@ def test_lm_eval_model_scores_with_each_request_context(model_dir):
         expected = float(log_probs.gather(1, torch.tensor(cont)[:, None]).sum())
         assert logprob == pytest.approx(expected, abs=1e-4)
         assert greedy == bool((log_probs.argmax(-1) == torch.tensor(cont)).all())
+    # at tree_scale 0 the scores are lm_eval's own HFLM scores of the stock model
+    from lm_eval.models.huggingface import HFLM
+
+    stock = HFLM(pretrained=str(model_dir), device="cpu", batch_size=2).loglikelihood(requests)
+    lm_plain = GrootLM(pretrained=str(model_dir), device="cpu", batch_size=3, tree_scale=0.0)
+    for (expected, expected_greedy), (got, greedy) in zip(stock, lm_plain.loglikelihood(requests)):
+        assert got == pytest.approx(expected, abs=1e-4) and greedy == expected_greedy
     # the context matters: scoring with the chain (no context) gives other numbers
     ctx = tokenizer(pairs[1][0], add_special_tokens=False)["input_ids"]
     cont = tokenizer(pairs[1][1], add_special_tokens=False)["input_ids"]
