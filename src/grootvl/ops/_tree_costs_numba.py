@@ -44,6 +44,69 @@ def _accumulate(x, x_down, x_right, n_down, n_right, n, cosine, acc_sq, acc_down
             acc_right[i] += d * d
 
 
+@nb.njit(cache=True, inline="always")
+def _accumulate4(x0, x1, x2, x3, d0, d1, d2, d3, r0, r1, r2, r3, n_down, n_right, n, cosine,
+                 acc_sq, acc_down, acc_right):
+    """Four channels at once (x*, d* = lower and r* = right neighbours): a quarter of the
+    accumulator traffic, and bit for bit the arithmetic of four ``_accumulate`` calls."""
+    if cosine:
+        for i in range(n_down):
+            a0 = x0[i]
+            a1 = x1[i]
+            a2 = x2[i]
+            a3 = x3[i]
+            acc_sq[i] = (((acc_sq[i] + a0 * a0) + a1 * a1) + a2 * a2) + a3 * a3
+            acc_down[i] = (((acc_down[i] + a0 * d0[i]) + a1 * d1[i]) + a2 * d2[i]) + a3 * d3[i]
+            acc_right[i] = (((acc_right[i] + a0 * r0[i]) + a1 * r1[i]) + a2 * r2[i]) + a3 * r3[i]
+        for i in range(n_down, n):
+            a0 = x0[i]
+            a1 = x1[i]
+            a2 = x2[i]
+            a3 = x3[i]
+            acc_sq[i] = (((acc_sq[i] + a0 * a0) + a1 * a1) + a2 * a2) + a3 * a3
+            if i < n_right:
+                acc_right[i] = (((acc_right[i] + a0 * r0[i]) + a1 * r1[i]) + a2 * r2[i]) + a3 * r3[i]
+    else:
+        for i in range(n_down):
+            e0 = x0[i] - d0[i]
+            e1 = x1[i] - d1[i]
+            e2 = x2[i] - d2[i]
+            e3 = x3[i] - d3[i]
+            acc_down[i] = (((acc_down[i] + e0 * e0) + e1 * e1) + e2 * e2) + e3 * e3
+            e0 = x0[i] - r0[i]
+            e1 = x1[i] - r1[i]
+            e2 = x2[i] - r2[i]
+            e3 = x3[i] - r3[i]
+            acc_right[i] = (((acc_right[i] + e0 * e0) + e1 * e1) + e2 * e2) + e3 * e3
+        for i in range(n_down, n_right):
+            e0 = x0[i] - r0[i]
+            e1 = x1[i] - r1[i]
+            e2 = x2[i] - r2[i]
+            e3 = x3[i] - r3[i]
+            acc_right[i] = (((acc_right[i] + e0 * e0) + e1 * e1) + e2 * e2) + e3 * e3
+
+
+@nb.njit(cache=True, inline="always")
+def _accumulate_channels(rows, p0, width, n_down, n_right, n, cosine, acc_sq, acc_down, acc_right):
+    """Add pixels p0.. of every channel of rows (C, pixels), in channel order, four at a time.
+
+    rows must be C-contiguous: its 1-D slices are then unit-stride and the loops vectorise.
+    """
+    channels = rows.shape[0]
+    down = p0 + width
+    right = p0 + 1
+    ch = 0
+    while ch + 4 <= channels:
+        _accumulate4(rows[ch, p0:], rows[ch + 1, p0:], rows[ch + 2, p0:], rows[ch + 3, p0:],
+                     rows[ch, down:], rows[ch + 1, down:], rows[ch + 2, down:], rows[ch + 3, down:],
+                     rows[ch, right:], rows[ch + 1, right:], rows[ch + 2, right:], rows[ch + 3, right:],
+                     n_down, n_right, n, cosine, acc_sq, acc_down, acc_right)
+        ch += 4
+    for ch in range(ch, channels):
+        _accumulate(rows[ch, p0:], rows[ch, down:], rows[ch, right:], n_down, n_right, n, cosine,
+                    acc_sq, acc_down, acc_right)
+
+
 @nb.njit(cache=True)
 def block_sums_nchw(image, block, cosine, sq, down, right):
     """Sums of pixels [block * PIXEL_BLOCK, ...) of one (C, H, W) image into sq/down/right (H*W,)."""
@@ -58,9 +121,7 @@ def block_sums_nchw(image, block, cosine, sq, down, right):
     acc_sq = np.zeros(p1 - p0, np.float32)
     acc_down = np.zeros(p1 - p0, np.float32)
     acc_right = np.zeros(p1 - p0, np.float32)
-    for ch in range(channels):
-        _accumulate(flat[ch, p0:], flat[ch, p0 + width:], flat[ch, p0 + 1:],
-                    n_down, n_right, p1 - p0, cosine, acc_sq, acc_down, acc_right)
+    _accumulate_channels(flat, p0, width, n_down, n_right, p1 - p0, cosine, acc_sq, acc_down, acc_right)
     sq[p0:p1] = acc_sq
     down[p0:p1] = acc_down
     right[p0:p1] = acc_right
@@ -90,9 +151,7 @@ def block_sums_nhwc(image, block, cosine, sq, down, right):
     acc_sq = np.zeros(n_pix, np.float32)
     acc_down = np.zeros(n_pix, np.float32)
     acc_right = np.zeros(n_pix, np.float32)
-    for ch in range(channels):
-        x = tile[ch]
-        _accumulate(x, x[width:], x[1:], n_down, n_right, n_pix, cosine, acc_sq, acc_down, acc_right)
+    _accumulate_channels(tile, 0, width, n_down, n_right, n_pix, cosine, acc_sq, acc_down, acc_right)
     sq[p0:p0 + n_pix] = acc_sq
     down[p0:p0 + n_pix] = acc_down
     right[p0:p0 + n_pix] = acc_right

@@ -69,7 +69,7 @@ def check_vertex_range(edges: Tensor, num_vertices: int, arg: str) -> None:
     """Raise unless every vertex id in ``edges`` lies in [0, num_vertices). Syncs once."""
     if edges.numel() == 0:
         return
-    low, high = int(edges.min()), int(edges.max())
+    low, high = torch.stack([edges.min(), edges.max()]).tolist()  # one host sync
     if low < 0 or high >= num_vertices:
         raise ValueError(
             f"{arg} holds vertex ids in [{low}, {high}] but num_vertices={num_vertices}; "
@@ -87,9 +87,13 @@ def _(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tensor:
     return costs.new_empty((costs.shape[0], num_vertices - 1, 2), dtype=torch.long)
 
 
-def mst_impl(edges: Tensor, costs: Tensor, num_vertices: int, impl: str) -> Tensor:
-    """The op's implementation: data-dependent checks, then the kernel (arguments checked)."""
-    check_vertex_range(edges, num_vertices, "edges")
+def mst_impl(edges: Tensor, costs: Tensor, num_vertices: int, impl: str, check_edges: bool = True) -> Tensor:
+    """The op's implementation: data-dependent checks, then the kernel (arguments checked).
+
+    check_edges=False skips the vertex range check (a host sync) for edges built internally.
+    """
+    if check_edges:
+        check_vertex_range(edges, num_vertices, "edges")
     if costs.dtype in (torch.float16, torch.bfloat16):
         costs = costs.float()  # exact conversion: the order of the costs is unchanged
     if impl == "numba":
