@@ -147,7 +147,7 @@ def bfs_row(tree_edges, root, order, parent, level_ends):
     """Breadth-first order of one tree (V-1, 2) from ``root``.
 
     Writes order (V,), parent (V,) (-1 at the root) and level_ends (V,) (exclusive end of each
-    level in ``order``); returns (number of levels, number of vertices reached).
+    level in ``order``, then V); returns (number of levels, number of vertices reached).
     """
     num_vertices = order.shape[0]
     num_edges = tree_edges.shape[0]
@@ -185,6 +185,7 @@ def bfs_row(tree_edges, root, order, parent, level_ends):
                     tail += 1
         level_ends[levels] = level_end
         levels += 1
+    level_ends[levels:] = num_vertices  # padding, as level_offsets wants it
     return levels, tail
 
 

@@ -13,6 +13,7 @@ graphs stay valid for any depth.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -153,7 +154,7 @@ def _bfs_outputs(batch: int, num_vertices: int) -> tuple[Tensor, ...]:
     """Buffers the numba BFS kernels fill: order, parent, level_ends, num_levels, status."""
     order = torch.empty(batch, num_vertices, dtype=torch.long)
     parent = torch.empty(batch, num_vertices, dtype=torch.long)
-    level_ends = torch.full((batch, num_vertices), num_vertices, dtype=torch.long)
+    level_ends = torch.empty(batch, num_vertices, dtype=torch.long)
     return order, parent, level_ends, torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
 
 
@@ -268,13 +269,20 @@ def _grid_tree_fused(guide: Tensor, cost: str) -> tuple[Tensor, Tensor, Tensor]:
     num_vertices = height * width
     order, parent, level_ends, num_levels, status = _bfs_outputs(batch, num_vertices)
     data, channels_last = _guide_array(guide)
-    edges = grid_edges(height, width)
-    _tree_numba.grid_tree_batch(data, channels_last, cost == "cosine", edges.numpy(), order.numpy(),
+    _tree_numba.grid_tree_batch(data, channels_last, cost == "cosine", _grid_edges_array(height, width), order.numpy(),
                                 parent.numpy(), level_ends.numpy(), num_levels.numpy(), status.numpy())
     if bool((status < 0).any()):
         row = int(torch.nonzero(status < 0)[0, 0])
         raise ValueError(f"the edge costs of guide[{row}] contain NaN (the guide has NaN or inf values)")
     return order, parent, _level_offsets(level_ends, num_levels)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_edges_array(height: int, width: int):
+    """grid_edges as a read-only NumPy array, cached: the fused kernel needs it on every call."""
+    edges = grid_edges(height, width).numpy()
+    edges.setflags(write=False)
+    return edges
 
 
 def _guide_array(guide: Tensor):
