@@ -116,11 +116,16 @@ def test_random_graph_mst_matches_scipy_and_reference(graph, high, seed, dtype):
 
 def test_distinct_costs_same_tree_both_impls():
     edges = grid_edges(9, 11)
-    costs = torch.rand(4, edges.shape[0], generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    costs = torch.rand(4, edges.shape[0], generator=generator)
+    # Costs one float32 ulp apart: the order lives in the lowest mantissa bits only.
+    ulps = torch.stack([torch.randperm(edges.shape[0], generator=generator) for _ in range(4)])
+    costs = torch.cat([costs, 1.0 + ulps.float() * 2.0**-23])
     numba_tree = minimum_spanning_tree(edges, costs, 99, impl="numba")
     assert torch.equal(numba_tree, minimum_spanning_tree(edges, costs, 99, impl="torch"))
+    assert torch.equal(numba_tree, minimum_spanning_tree(edges, costs.double(), 99, impl="numba"))
     for b, ids in enumerate(edge_ids(numba_tree, edges)):
-        assert ids == kruskal_reference(edges.numpy(), costs[b].numpy(), 99)
+        assert ids == kruskal_reference(edges.numpy(), costs[b].double().numpy(), 99)
 
 
 def test_negative_and_signed_zero_costs():

@@ -204,6 +204,8 @@ def test_bad_tree_edges(impl):
 def test_bad_guide():
     with pytest.raises(ValueError, match=r"guide must be 4-D \(B, C, H, W\), got shape \(2, 16, 8\)"):
         grid_tree(torch.rand(2, 16, 8))
+    with pytest.raises(ValueError, match=r"guide must be 4-D .*guide.permute\(0, 3, 1, 2\)"):
+        grid_edge_costs(torch.rand(2, 16, 8))
     with pytest.raises(TypeError, match="guide must be a floating-point tensor"):
         grid_tree(torch.ones(1, 2, 3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="cost='cos' is not a grid edge cost"):

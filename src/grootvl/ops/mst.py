@@ -4,7 +4,8 @@ Two implementations give the identical tensor:
 
 * ``"numba"`` (CPU): Kruskal, parallel over the batch; float32 costs are ordered with a
   stable radix sort, other float dtypes with a stable merge sort.
-* ``"torch"`` (any device): Borůvka with batched tensor ops and no host synchronisation.
+* ``"torch"`` (any device): Borůvka with batched tensor ops, a fixed number of steps and no
+  host synchronisation (one, for the NaN / connectivity check, after it).
 
 Both emit the tree edges of every row in increasing edge-index order, each pair exactly as it
 appears in ``edges``. The operator is registered as ``grootvl::minimum_spanning_tree`` so that

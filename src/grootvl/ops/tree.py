@@ -209,8 +209,7 @@ def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None
     way. ``impl="numba"`` (CPU default) computes the same formula in one streaming pass over
     the guide; it may differ from the torch path in the last float32 bit.
     """
-    if cost not in GRID_COSTS:
-        raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
+    _check_guide(guide, cost)
     impl = check_impl(impl, guide.device)
     guide = guide.detach().float()
     batch, channels, height, width = guide.shape
@@ -305,6 +304,12 @@ def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> T
     Returns:
         A ``Tree`` on L = H*W vertices (vertex id = row * W + col). No gradient.
     """
+    _check_guide(guide, cost)
+    impl = check_impl(impl, guide.device)
+    return Tree(*_grid_tree_op(guide.detach(), cost, impl))
+
+
+def _check_guide(guide: Tensor, cost: str) -> None:
     if not isinstance(guide, Tensor):
         raise TypeError(f"guide must be a (B, C, H, W) tensor, got {type(guide).__name__}")
     if guide.dim() != 4:
@@ -316,8 +321,6 @@ def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> T
         raise TypeError(f"guide must be a floating-point tensor, got {guide.dtype}; use guide.float()")
     if cost not in GRID_COSTS:
         raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
-    impl = check_impl(impl, guide.device)
-    return Tree(*_grid_tree_op(guide.detach(), cost, impl))
 
 
 def _autocast_off(device: torch.device):
