@@ -18,7 +18,7 @@ PIXEL_BLOCK = 2048  # pixels per block (NCHW): the three accumulators stay in L1
 ROW_BLOCK = 8  # image rows per block (NHWC)
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True)
 def _accumulate(x, x_down, x_right, n_down, n_right, n, cosine, acc_sq, acc_down, acc_right):
     """Add one channel's contribution; x_down[i] / x_right[i] are the neighbours of x[i]."""
     if cosine:
@@ -44,49 +44,30 @@ def _accumulate(x, x_down, x_right, n_down, n_right, n, cosine, acc_sq, acc_down
             acc_right[i] += d * d
 
 
-@nb.njit(cache=True, inline="always")
-def _accumulate4(x0, x1, x2, x3, d0, d1, d2, d3, r0, r1, r2, r3, n_down, n_right, n, cosine,
+@nb.njit(cache=True)
+def _accumulate4(x0, x1, x2, x3, d0, d1, d2, d3, r0, r1, r2, r3, n_down, n_right, n,
                  acc_sq, acc_down, acc_right):
-    """Four channels at once (x*, d* = lower and r* = right neighbours): a quarter of the
-    accumulator traffic, and bit for bit the arithmetic of four ``_accumulate`` calls."""
-    if cosine:
-        for i in range(n_down):
-            a0 = x0[i]
-            a1 = x1[i]
-            a2 = x2[i]
-            a3 = x3[i]
-            acc_sq[i] = (((acc_sq[i] + a0 * a0) + a1 * a1) + a2 * a2) + a3 * a3
-            acc_down[i] = (((acc_down[i] + a0 * d0[i]) + a1 * d1[i]) + a2 * d2[i]) + a3 * d3[i]
+    """Cosine sums of four channels at once (x*, d* = lower and r* = right neighbours): a
+    quarter of the accumulator traffic, bit for bit the arithmetic of four ``_accumulate``."""
+    for i in range(n_down):
+        a0 = x0[i]
+        a1 = x1[i]
+        a2 = x2[i]
+        a3 = x3[i]
+        acc_sq[i] = (((acc_sq[i] + a0 * a0) + a1 * a1) + a2 * a2) + a3 * a3
+        acc_down[i] = (((acc_down[i] + a0 * d0[i]) + a1 * d1[i]) + a2 * d2[i]) + a3 * d3[i]
+        acc_right[i] = (((acc_right[i] + a0 * r0[i]) + a1 * r1[i]) + a2 * r2[i]) + a3 * r3[i]
+    for i in range(n_down, n):
+        a0 = x0[i]
+        a1 = x1[i]
+        a2 = x2[i]
+        a3 = x3[i]
+        acc_sq[i] = (((acc_sq[i] + a0 * a0) + a1 * a1) + a2 * a2) + a3 * a3
+        if i < n_right:
             acc_right[i] = (((acc_right[i] + a0 * r0[i]) + a1 * r1[i]) + a2 * r2[i]) + a3 * r3[i]
-        for i in range(n_down, n):
-            a0 = x0[i]
-            a1 = x1[i]
-            a2 = x2[i]
-            a3 = x3[i]
-            acc_sq[i] = (((acc_sq[i] + a0 * a0) + a1 * a1) + a2 * a2) + a3 * a3
-            if i < n_right:
-                acc_right[i] = (((acc_right[i] + a0 * r0[i]) + a1 * r1[i]) + a2 * r2[i]) + a3 * r3[i]
-    else:
-        for i in range(n_down):
-            e0 = x0[i] - d0[i]
-            e1 = x1[i] - d1[i]
-            e2 = x2[i] - d2[i]
-            e3 = x3[i] - d3[i]
-            acc_down[i] = (((acc_down[i] + e0 * e0) + e1 * e1) + e2 * e2) + e3 * e3
-            e0 = x0[i] - r0[i]
-            e1 = x1[i] - r1[i]
-            e2 = x2[i] - r2[i]
-            e3 = x3[i] - r3[i]
-            acc_right[i] = (((acc_right[i] + e0 * e0) + e1 * e1) + e2 * e2) + e3 * e3
-        for i in range(n_down, n_right):
-            e0 = x0[i] - r0[i]
-            e1 = x1[i] - r1[i]
-            e2 = x2[i] - r2[i]
-            e3 = x3[i] - r3[i]
-            acc_right[i] = (((acc_right[i] + e0 * e0) + e1 * e1) + e2 * e2) + e3 * e3
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True)
 def _accumulate_channels(rows, p0, width, n_down, n_right, n, cosine, acc_sq, acc_down, acc_right):
     """Add pixels p0.. of every channel of rows (C, pixels), in channel order, four at a time.
 
@@ -96,11 +77,11 @@ def _accumulate_channels(rows, p0, width, n_down, n_right, n, cosine, acc_sq, ac
     down = p0 + width
     right = p0 + 1
     ch = 0
-    while ch + 4 <= channels:
+    while cosine and ch + 4 <= channels:  # (l2 is rare: it keeps the simple loop)
         _accumulate4(rows[ch, p0:], rows[ch + 1, p0:], rows[ch + 2, p0:], rows[ch + 3, p0:],
                      rows[ch, down:], rows[ch + 1, down:], rows[ch + 2, down:], rows[ch + 3, down:],
                      rows[ch, right:], rows[ch + 1, right:], rows[ch + 2, right:], rows[ch + 3, right:],
-                     n_down, n_right, n, cosine, acc_sq, acc_down, acc_right)
+                     n_down, n_right, n, acc_sq, acc_down, acc_right)
         ch += 4
     for ch in range(ch, channels):
         _accumulate(rows[ch, p0:], rows[ch, down:], rows[ch, right:], n_down, n_right, n, cosine,

@@ -13,7 +13,7 @@ import numpy as np
 from ._tree_costs_numba import image_costs
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True)
 def _find(root_of, v):
     # Path halving: every visited node skips to its grandparent.
     while root_of[v] != v:
@@ -131,10 +131,11 @@ def kruskal_f32(edges, costs, num_vertices, out, num_used):
         num_used[b] = mst_row_f32(edges, costs[b], num_vertices, out[b])
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True)
 def kruskal_any(edges, costs, num_vertices, out, num_used):
-    """Kruskal for float64 costs, with a stable merge-sort argsort."""
-    for b in nb.prange(costs.shape[0]):
+    """Kruskal for float64 costs, with a stable merge-sort argsort (serial: a rare dtype here,
+    and a parallel kernel costs seconds more to compile)."""
+    for b in range(costs.shape[0]):
         if np.isnan(costs[b]).any():
             num_used[b] = -1
         else:
