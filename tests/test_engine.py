@@ -187,3 +187,15 @@ def test_randaugment_posterize_at_full_magnitude_does_not_crash():
     op = ops[0]
     op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
     assert op(Image.new("RGB", (8, 8), (200, 100, 50))).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_cpu_threads_is_scoped():
+    from grootvl.engine.distributed import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(UserError, match="train.threads"):
+        with cpu_threads(-2):
+            pass

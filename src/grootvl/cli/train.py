@@ -30,7 +30,7 @@ _FLAG_KEYS = {
     "img_size": "data.img_size", "in_chans": "data.in_chans", "workers": "data.num_workers",
     "amp": "train.amp", "device": "train.device", "seed": "train.seed",
     "limit_train_steps": "train.limit_train_steps", "limit_val_steps": "train.limit_val_steps",
-    "log_every": "train.log_every", "progress": "train.progress",
+    "log_every": "train.log_every", "progress": "train.progress", "threads": "train.threads",
 }
 
 
@@ -65,6 +65,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_config: str | None) -> 
     g.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="train.amp")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
     g.add_argument("--seed", type=int, help="train.seed")
+    g.add_argument("--threads", type=int, help="CPU threads per process (train.threads)")
     g.add_argument("--grad-checkpointing", action="store_true", default=None,
                    help="recompute activations in backward (train.grad_checkpointing)")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,

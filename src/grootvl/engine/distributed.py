@@ -6,6 +6,7 @@ here works unchanged in a plain single process (world size 1, no process group).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -101,3 +102,33 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None):
+    """Use ``threads`` CPU threads for torch ops and numba kernels inside the block
+    (None: leave the defaults); the previous counts are restored afterwards.
+
+    Small models on few cores often run fastest single-threaded: each op is too short for
+    thread wake-up (and, on a busy machine, OpenMP spin-waiting) to pay off.
+    """
+    if not threads:
+        yield
+        return
+    if threads < 1:
+        raise UserError(f"train.threads must be a positive number of threads (got {threads})")
+    try:
+        import numba
+    except ImportError:  # numba is only needed by the CPU tree kernels
+        numba = None
+    old_torch = torch.get_num_threads()
+    old_numba = numba.get_num_threads() if numba else None
+    torch.set_num_threads(threads)
+    if numba:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        if numba:
+            numba.set_num_threads(old_numba)

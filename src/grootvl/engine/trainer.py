@@ -146,7 +146,8 @@ def run_training(cfg: dict, output: str | Path, resume: str | None = None,
     """Train ``cfg`` writing checkpoints and ``log.jsonl`` to ``output``; returns the summary."""
     env = D.init_distributed(cfg["train"]["device"])
     try:
-        return _run(cfg, Path(output), resume, crash_at_step, env)
+        with D.cpu_threads(cfg["train"]["threads"]):
+            return _run(cfg, Path(output), resume, crash_at_step, env)
     finally:
         D.teardown_distributed()
 
