@@ -5,8 +5,10 @@
 Both models run in eval mode under ``torch.inference_mode`` with random weights (nothing is
 downloaded). Forward passes alternate between the two models (so load from other processes
 hits both alike) and the medians are compared; the target is GrootV-T / ConvNeXt-T <= 1.25.
-The breakdown then times GrootV-T's tree construction (``grid_tree``: edge costs, MST, BFS)
-and tree scans (``tree_scan``) by wrapping those two functions for a few extra passes.
+The breakdown then times GrootV-T's tree construction (``grid_tree``: edge costs, MST, BFS),
+tree scans (``tree_scan``) and the rest of its Tree SSM layers by wrapping those functions
+and hooking the layers for a few extra passes. CPU time (all threads of this process) is
+printed too: on a machine shared with other jobs it is steadier than wall-clock time.
 """
 from __future__ import annotations
 
@@ -27,23 +29,29 @@ def _time(model, x) -> float:
     return time.perf_counter() - start
 
 
-def latency(models: dict, x: torch.Tensor, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Interleaved wall-clock times of one forward pass per model, ``rounds`` each."""
-    times = {name: [] for name in models}
+def latency(models: dict, x: torch.Tensor, rounds: int, warmup: int = 2
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Interleaved wall-clock and process CPU times of one forward pass per model."""
+    wall = {name: [] for name in models}
+    cpu = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(warmup):
             for model in models.values():
                 model(x)
         for _ in range(rounds):
             for name, model in models.items():
-                times[name].append(_time(model, x))
-    return times
+                start = time.process_time()
+                wall[name].append(_time(model, x))
+                cpu[name].append(time.process_time() - start)
+    return wall, cpu
 
 
 def breakdown(model, x: torch.Tensor, passes: int = 3) -> dict[str, float]:
-    """Median seconds per forward pass in tree construction, tree scans, and the rest."""
-    spent = {"tree construction": 0.0, "tree scan": 0.0}
+    """Median seconds per forward pass: tree construction, tree scans, the rest of the Tree
+    SSM layers (projections, depthwise conv, element-wise SSM math, norms), everything else."""
+    spent = {"tree construction": 0.0, "tree scan": 0.0, "Tree SSM layers": 0.0}
     originals = {"grid_tree": tree_ssm.grid_tree, "tree_scan": tree_ssm.tree_scan}
+    starts = []
 
     def timed(fn, key):
         def wrapper(*args, **kwargs):
@@ -53,6 +61,14 @@ def breakdown(model, x: torch.Tensor, passes: int = 3) -> dict[str, float]:
             return out
         return wrapper
 
+    def enter(module, args):
+        starts.append(time.perf_counter())
+
+    def leave(module, args, out):
+        spent["Tree SSM layers"] += time.perf_counter() - starts.pop()
+
+    layers = [m for m in model.modules() if isinstance(m, tree_ssm.TreeSSM)]
+    hooks = [h for m in layers for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     tree_ssm.grid_tree = timed(originals["grid_tree"], "tree construction")
     tree_ssm.tree_scan = timed(originals["tree_scan"], "tree scan")
     rows = []
@@ -61,9 +77,14 @@ def breakdown(model, x: torch.Tensor, passes: int = 3) -> dict[str, float]:
             for _ in range(passes):
                 spent.update({k: 0.0 for k in spent})
                 total = _time(model, x)
-                rows.append({**spent, "rest": total - sum(spent.values()), "total": total})
+                tree = spent["tree construction"] + spent["tree scan"]
+                rows.append({"tree construction": spent["tree construction"], "tree scan": spent["tree scan"],
+                             "Tree SSM, other": spent["Tree SSM layers"] - tree,
+                             "rest": total - spent["Tree SSM layers"], "total": total})
     finally:
         tree_ssm.grid_tree, tree_ssm.tree_scan = originals["grid_tree"], originals["tree_scan"]
+        for hook in hooks:
+            hook.remove()
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
@@ -85,18 +106,23 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size)
     print(f"CPU, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, "
           f"float32, inference_mode, {args.rounds} interleaved rounds (medians; min in brackets)")
-    times = latency(models, x, args.rounds)
+    times, cpu = latency(models, x, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, values in times.items():
         print(f"  {name:14s} {med[name] * 1e3:8.1f} ms/batch  [{min(values) * 1e3:.1f}]  "
-              f"spread {(max(values) - min(values)) / med[name]:.0%}")
+              f"spread {(max(values) - min(values)) / med[name]:.0%}  "
+              f"CPU time {statistics.median(cpu[name]) * 1e3:.0f} ms")
     ratio = med["grootv_tiny"] / med["convnext_tiny"]
+    cpu_ratio = statistics.median(cpu["grootv_tiny"]) / statistics.median(cpu["convnext_tiny"])
     print(f"  ratio grootv_tiny / convnext_tiny = {ratio:.2f} (target <= 1.25; "
-          f"best-of ratio {min(times['grootv_tiny']) / min(times['convnext_tiny']):.2f})")
+          f"best-of ratio {min(times['grootv_tiny']) / min(times['convnext_tiny']):.2f}; "
+          f"CPU-time ratio {cpu_ratio:.2f}, less sensitive to other processes)")
     parts = breakdown(models["grootv_tiny"], x)
     print("GrootV-T time per forward pass (median of 3 timed passes):")
-    for key in ("tree construction", "tree scan", "rest"):
-        print(f"  {key:18s} {parts[key] * 1e3:8.1f} ms  {parts[key] / parts['total']:6.1%}")
+    notes = {"Tree SSM, other": "in/out/x/dt projections, depthwise conv, element-wise SSM math, norms",
+             "rest": "MLPs, block norms, residuals, stem, downsampling, head"}
+    for key in ("tree construction", "tree scan", "Tree SSM, other", "rest"):
+        print(f"  {key:18s} {parts[key] * 1e3:8.1f} ms  {parts[key] / parts['total']:6.1%}  {notes.get(key, '')}")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,15 @@ def test_not_a_checkpoint_and_missing_ema_are_explained():
         grootvl.load_checkpoint(model, {"epoch": 3, "optimizer": {}})
     with pytest.raises(RuntimeError, match="not a GrootV checkpoint"):
         grootvl.load_checkpoint(model, {"fc.weight": torch.zeros(2, 2)})
+
+
+def test_timm_state_dict_overlay_and_other_in_chans(release):
+    path, model, _ = release
+    release_dict = {"model": model.state_dict(), "model_ema": model.state_dict(), "epoch": 1}
+    created = timm.create_model("grootv_tiny", pretrained=True, num_classes=10, **SMALL,
+                                pretrained_cfg_overlay=dict(state_dict=release_dict, num_classes=10))
+    assert torch.equal(_logits(created), _logits(model))
+    gray = timm.create_model("grootv_tiny", pretrained=True, num_classes=10, in_chans=1, **SMALL,
+                             pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(gray.patch_embed.conv1.weight[:, 0],
+                               model.patch_embed.conv1.weight.sum(1))

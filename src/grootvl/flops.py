@@ -7,8 +7,11 @@ normalisations (LayerNorm 5/element, BatchNorm in eval 2/element) and adaptive a
 pooling (1/element); element-wise ops (GELU, SiLU, softplus, exp, additions) are not counted.
 The original's tree construction and scan are custom autograd functions that fvcore skips;
 ours are ``torch.library`` custom ops that fvcore skips likewise (they show up in
-``unsupported_ops``). ``count_flops_params`` reports that fvcore total and, separately, an
-estimate of the tree work from the shapes each Tree SSM layer saw.
+``unsupported_ops``). One op differs by design: the original computes y = C·h as a
+per-position (D x 1)(1 x 1) ``matmul`` (counted 1 FLOP per element), ours fuses it with the
+skip term into ``addcmul``, which is given the same count here. ``count_flops_params``
+reports that total and, separately, an estimate of the tree work from the shapes each Tree
+SSM layer saw.
 """
 from __future__ import annotations
 
@@ -109,6 +112,8 @@ def count_flops_params(model_or_name: nn.Module | str,
     try:
         with torch.no_grad():
             analysis = FlopCountAnalysis(model, image)
+            analysis.set_op_handle("aten::addcmul", _addcmul_as_matmul,
+                                   "aten::addcmul_", _addcmul_as_matmul)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             total = analysis.total()
             by_operator = {k: v / 1e9 for k, v in analysis.by_operator().items()}
@@ -123,6 +128,13 @@ def count_flops_params(model_or_name: nn.Module | str,
         cost, mst, scan = cost + c, mst + m_, scan + s
     return FlopReport(params, total / 1e9, by_operator, {"cost": cost / 1e9, "scan": scan / 1e9},
                       mst, unsupported, tuple(input_size), shapes)
+
+
+def _addcmul_as_matmul(inputs, outputs) -> int:
+    """y = C·h + D·x (TreeSSM): counted as the original's C·h matmul, 1 per output element."""
+    from fvcore.nn.jit_handles import get_shape
+
+    return math.prod(get_shape(outputs[0]))
 
 
 def _with_placeholder_tree(shapes: list):

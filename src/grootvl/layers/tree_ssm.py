@@ -119,16 +119,21 @@ class TreeSSM(nn.Module):
                 f"{tuple(x.shape)}"
             )
         d_inner = self.d_inner
+        # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
+        # temporary is a fresh allocation (and page faults) otherwise, which costs about
+        # as much as the element-wise op itself on CPU.
+        inplace = not torch.is_grad_enabled()
         weight = self.in_proj.weight
         # Two projections instead of one + chunk: each half comes out contiguous, so the
         # convolution input below is an exact channels-last tensor (no hidden copy).
         x_in = F.linear(x, weight[:d_inner])
-        z = F.silu(F.linear(x, weight[d_inner:]))
-        x_in = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)))  # (B, D, H, W), channels-last memory
-        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), tree)
-        return self.out_proj(y.to(z.dtype) * z), tree
+        z = F.silu(F.linear(x, weight[d_inner:]), inplace=inplace)
+        x_in = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=inplace)  # channels-last memory
+        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), tree, inplace)
+        y = y.mul_(z) if inplace and y.dtype == z.dtype else y.to(z.dtype) * z
+        return self.out_proj(y), tree
 
-    def _scan_path(self, xs: Tensor, tree: Tree | None) -> tuple[Tensor, Tree]:
+    def _scan_path(self, xs: Tensor, tree: Tree | None, inplace: bool) -> tuple[Tensor, Tree]:
         """The selective scan over the tree, in float32: (B, H, W, D) -> (B, H, W, D)."""
         batch, height, width, d_inner = xs.shape
         compute = torch.float64 if xs.dtype == torch.float64 else torch.float32
@@ -137,21 +142,23 @@ class TreeSSM(nn.Module):
             xs = xs.to(compute).reshape(batch, height * width, d_inner)
             x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
             dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-            delta = F.softplus(F.linear(dt, self.dt_projs_weight[0].to(compute),
+            # contiguous: on a strided slice the matmul is several times slower (and the
+            # bias is added in a separate pass); the copy is only R values per position
+            delta = F.softplus(F.linear(dt.contiguous(), self.dt_projs_weight[0].to(compute),
                                         self.dt_projs_bias[0].to(compute)))  # (B, L, D)
             a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
-            decay = torch.exp(delta * a)
-            u = delta * b_in * xs
+            decay = torch.mul(delta, a).exp_()  # exp's backward needs only its output
+            u = torch.mul(xs, b_in).mul_(delta) if inplace else delta * b_in * xs
             if tree is None:
                 guide = xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2)
                 tree = grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl)
             h = tree_scan(u, decay, tree, mode="full", impl=self.scan_impl)
             h = F.layer_norm(h, (d_inner,), self.h_norm.weight.to(compute),
                              self.h_norm.bias.to(compute), self.h_norm.eps)
-            # y = C·h as a (D x 1)(1 x 1) matrix product per position, as the original
-            # computes it (so FLOP counters see the same op), then the skip D·x.
-            y = torch.matmul(h.unsqueeze(-1), c_out.unsqueeze(-1)).squeeze(-1)
-            y = y + self.Ds.to(compute) * xs
+            # y = C·h + D·x in one fused pass. (The original computes C·h as a per-position
+            # (D x 1)(1 x 1) matmul; grootvl.flops counts this addcmul the same way.)
+            skip = torch.mul(xs, self.Ds.to(compute))
+            y = skip.addcmul_(h, c_out) if inplace else torch.addcmul(skip, h, c_out)
             y = F.layer_norm(y, (d_inner,), self.out_norm.weight.to(compute),
                              self.out_norm.bias.to(compute), self.out_norm.eps)
         return y.view(batch, height, width, d_inner), tree
