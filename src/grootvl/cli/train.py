@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
-from grootvl.engine.errors import UserError, cli_command
+from grootvl.engine.errors import cli_command
 
 TRAIN_EPILOG = """\
 Every config key can be overridden: --set optim.base_lr=1e-3 --set aug.mixup=0 (values are
@@ -85,10 +86,11 @@ def _add_run_options(p: argparse.ArgumentParser, default_config: str | None) -> 
 def _register_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train an image classifier on an image-folder dataset",
-        description="Train an image classifier (GrootV or any timm model) on DIR/train and "
-        "DIR/val, one sub-folder per class (ImageNet's layout). Writes OUTPUT/last.pth every "
-        "epoch (atomically), best.pth and ema_best.pth on improvement, config.yaml, "
-        "log.jsonl (JSON lines) and summary.json. Multi-GPU / multi-node: launch with torchrun.",
+        description=textwrap.fill(
+            "Train an image classifier (GrootV or any timm model) on DIR/train and DIR/val, one "
+            "sub-folder per class (ImageNet's layout). Writes OUTPUT/last.pth every epoch "
+            "(atomically), best.pth and ema_best.pth on improvement, config.yaml, log.jsonl "
+            "(JSON lines) and summary.json. Multi-GPU / multi-node: launch with torchrun.", 88),
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="dataset folder holding train/ and val/ (data.path)")
     _add_run_options(p, "grootv_tiny")
@@ -208,11 +210,12 @@ def run_eval(args) -> int:
 def _register_demo(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="train a small GrootV on scikit-learn's digits (no download), write a report",
-        description="Prepare scikit-learn's handwritten digits as an image folder, train a small "
-        "GrootV with the same engine as `grootvl train` (config: demo), and write to OUTPUT: "
-        "last.pth/best.pth, metrics.json (test accuracy, per-epoch loss/accuracy, wall time), "
-        "training_curve.png and tree.png (the spanning tree GrootV builds over a test digit "
-        "and the propagation weights from one pixel).",
+        description=textwrap.fill(
+            "Prepare scikit-learn's handwritten digits as an image folder, train a small GrootV "
+            "with the same engine as `grootvl train` (config: demo), and write to OUTPUT: "
+            "last.pth/best.pth, metrics.json (test accuracy, per-epoch loss/accuracy, wall "
+            "time), training_curve.png and tree.png (the spanning tree GrootV builds over a test "
+            "digit and the propagation weights from one pixel).", 88),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="where to write the digits images (default: OUTPUT/data)")
     _add_run_options(p, "demo")

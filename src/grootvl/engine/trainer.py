@@ -258,7 +258,8 @@ def _run(cfg, output: Path, resume, crash_at_step, env: D.DistEnv) -> dict:
 
 
 def _evaluate(model, loader, env: D.DistEnv, amp, tcfg) -> dict:
-    progress = Progress(len(loader), "eval", tcfg["progress"], tcfg["log_every"], enabled=env.is_main)
+    steps = min(len(loader), tcfg["limit_val_steps"] or len(loader))
+    progress = Progress(steps, "eval", tcfg["progress"], tcfg["log_every"], enabled=env.is_main)
     try:
         return evaluate(model, loader, device=env.device, amp=amp, channels_last=tcfg["channels_last"],
                         max_steps=tcfg["limit_val_steps"], progress=progress,
