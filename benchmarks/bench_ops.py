@@ -23,22 +23,23 @@ import torch
 from grootvl.ops import grid_tree, tree_scan
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each callable, running them in turn `repeats` times."""
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 2
+                        ) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall seconds and median CPU seconds (all threads) of each callable, running
+    them in turn `repeats` times. CPU time is much less sensitive to a loaded machine."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times = {name: [] for name in fns}
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(_timed(fn))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return ({name: statistics.median(ts) for name, ts in wall.items()},
+            {name: statistics.median(ts) for name, ts in cpu.items()})
 
 
 def peak_cpu_bytes(fn) -> int:
@@ -65,15 +66,15 @@ def _verdict(value: float, target: float) -> str:
     return "PASS" if value <= target else "MISS"
 
 
-def tree_construction_ratio() -> str:
-    """Line for OPS-TREE's tree construction benchmark, when it is available."""
+def tree_construction_ratio(batch: int, channels: int, size: int) -> str:
+    """Report of the tree construction benchmark (benchmarks/bench_tree.py), if present."""
     sys.path.insert(0, str(Path(__file__).parent))
     try:
-        from bench_tree import measure_tree_construction
+        from bench_tree import format_result, measure_tree_construction
     except ImportError as err:
         return f"tree construction / SciPy per image: SKIPPED ({err})"
-    result = measure_tree_construction()
-    return f"tree construction / SciPy per image: {result}"
+    return format_result(measure_tree_construction(batch=batch, channels=channels,
+                                                   height=size, width=size))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,20 +116,21 @@ def main(argv: list[str] | None = None) -> None:
         x_leaf.grad = decay_leaf.grad = None
         tree_scan(x_leaf, decay_leaf, tree, impl=args.impl).backward(grad)
 
-    med = interleaved_medians({"elementwise": elementwise, "forward": forward,
-                               "forward+backward": forward_backward}, args.repeats)
-    base = med["elementwise"]
+    med, cpu = interleaved_medians({"elementwise": elementwise, "forward": forward,
+                                    "forward+backward": forward_backward}, args.repeats)
+    base, base_cpu = med["elementwise"], cpu["elementwise"]
     for name, target in (("forward", 1.5), ("forward+backward", 4.0)):
         ratio = med[name] / base
         print(f"scan {name} / elementwise: {ratio:.2f} ({med[name] * 1e3:.2f} ms vs "
-              f"{base * 1e3:.2f} ms; target <= {target}) {_verdict(ratio, target)}")
+              f"{base * 1e3:.2f} ms; target <= {target}) {_verdict(ratio, target)}; "
+              f"in CPU time {cpu[name] / base_cpu:.2f}")
 
     x_leaf.grad = decay_leaf.grad = None
     peak = peak_cpu_bytes(forward_backward) / (x.numel() * x.element_size())
     print(f"peak memory of forward+backward beyond inputs: {peak:.2f} x size(x) "
           f"(target <= 4) {_verdict(peak, 4.0)}")
     if not args.skip_tree:
-        print(tree_construction_ratio())
+        print(tree_construction_ratio(B, C, S))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ __all__ = ["scan_forward", "scan_backward", "channel_block"]
 
 PREFETCH_DISTANCE = 16  # vertices; about the number of row misses the core can keep in flight
 _MIN_BLOCK = 16  # channels; narrower blocks waste most of each cache line they touch
+# Only fused multiply-add contraction (one rounding instead of two); no reassociation, so
+# results do not depend on the block size or the thread count.
+_FASTMATH = {"contract"}
 
 
 def channel_block(batch: int, channels: int, threads: int | None = None) -> int:
@@ -69,7 +72,7 @@ def _prefetch(typingctx, arr, row, col, nbytes):
 # and vectorise; `one` is passed in the array dtype because an integer literal would promote
 # float32 arithmetic to float64.
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
 def _copy_block(src, dst, c0, c1):
     for v in range(src.shape[0]):
         s = src[v, c0:c1]
@@ -78,7 +81,7 @@ def _copy_block(src, dst, c0, c1):
             d[k] = s[k]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
 def _up_pass(acc, lam, order, parent, c0, c1):
     """acc[parent] += lam[v] * acc[v] for v in reverse breadth-first order (children first)."""
     nbytes = (c1 - c0) * acc.itemsize
@@ -96,7 +99,7 @@ def _up_pass(acc, lam, order, parent, c0, c1):
             dst[k] += lv[k] * src[k]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=_FASTMATH)
 def _down_pass(up, lam, y, order, parent, c0, c1, one):
     """y[root] = up[root]; y[v] = up[v] (1 - lam[v]^2) + lam[v] y[parent], parents first."""
     L = order.shape[0]
@@ -119,7 +122,7 @@ def _down_pass(up, lam, y, order, parent, c0, c1, one):
             yv[k] = uv[k] * (one - lv[k] * lv[k]) + lv[k] * yp[k]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward(x, lam, order, parent, up, y, block, full, one):
     B, L, C = x.shape
     nblk = (C + block - 1) // block
@@ -133,7 +136,7 @@ def _forward(x, lam, order, parent, up, y, block, full, one):
             _down_pass(up[b], lam[b], y[b], order[b], parent[b], c0, c1, one)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
     B, L, C = g.shape
     nblk = (C + block - 1) // block
@@ -171,7 +174,7 @@ def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
                 ug_v[k] = ug * (yp[k] - lam_k * u) + u * (z_par - lam_k * ug)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_subtree(g, lam, order, parent, up, grad_x, grad_lam, block):
     B, L, C = g.shape
     nblk = (C + block - 1) // block
