@@ -12,8 +12,11 @@ vertices ahead (the order is known in advance), which hides most of that latency
 
 Memory: forward allocates y and up only (subtree: up only, returned as y). Backward allocates
 grad_x and grad_decay only; grad_decay first holds the up pass of grad_y (up_g), and each
-vertex's decay gradient overwrites its up_g entry in the down pass right after that entry's
-last read. No scratch buffers.
+vertex's decay gradient overwrites its own up_g entry once z = grad_x is complete. No scratch
+buffers.
+
+The body of each prange job is a call to plain @njit helpers: loops written directly in a
+prange body next to inlined helpers miscompiled (numba 0.68 gave wrong results).
 """
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ def _prefetch(typingctx, arr, row, col, nbytes):
 # and vectorise; `one` is passed in the array dtype because an integer literal would promote
 # float32 arithmetic to float64.
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH)
 def _copy_block(src, dst, c0, c1):
     for v in range(src.shape[0]):
         s = src[v, c0:c1]
@@ -81,7 +84,7 @@ def _copy_block(src, dst, c0, c1):
             d[k] = s[k]
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH)
 def _up_pass(acc, lam, order, parent, c0, c1):
     """acc[parent] += lam[v] * acc[v] for v in reverse breadth-first order (children first)."""
     nbytes = (c1 - c0) * acc.itemsize
@@ -99,7 +102,7 @@ def _up_pass(acc, lam, order, parent, c0, c1):
             dst[k] += lv[k] * src[k]
 
 
-@njit(cache=True, inline="always", fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH)
 def _down_pass(up, lam, y, order, parent, c0, c1, one):
     """y[root] = up[root]; y[v] = up[v] (1 - lam[v]^2) + lam[v] y[parent], parents first."""
     L = order.shape[0]
@@ -136,6 +139,26 @@ def _forward(x, lam, order, parent, up, y, block, full, one):
             _down_pass(up[b], lam[b], y[b], order[b], parent[b], c0, c1, one)
 
 
+@njit(cache=True, fastmath=_FASTMATH)
+def _decay_grad_full(up_g, up, y, z, lam, parent, root, c0, c1):
+    """Overwrite up_g[v] with up_g[v] (y[p] - lam[v] up[v]) + up[v] (z[p] - lam[v] up_g[v]).
+
+    Any vertex order is valid here, so it runs in vertex-id order: rows stream sequentially,
+    and for grid and text trees the parent p is a near neighbour whose rows are still cached.
+    Each up_g[v] is read only by its own update.
+    """
+    for v in range(parent.shape[0]):
+        p = max(parent[v], 0)  # the root's entry is zeroed below
+        ug_v, uv, lv = up_g[v, c0:c1], up[v, c0:c1], lam[v, c0:c1]
+        yp, zp = y[p, c0:c1], z[p, c0:c1]
+        for k in range(c1 - c0):
+            lam_k = lv[k]
+            ug = ug_v[k]
+            u = uv[k]
+            ug_v[k] = ug * (yp[k] - lam_k * u) + u * (zp[k] - lam_k * ug)
+    up_g[root, c0:c1] = 0
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
     B, L, C = g.shape
@@ -144,34 +167,38 @@ def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        nbytes = (c1 - c0) * g.itemsize
-        lb, ob, pb, ub, yb, zb, ugb = lam[b], order[b], parent[b], up[b], y[b], grad_x[b], grad_lam[b]
-        _copy_block(g[b], ugb, c0, c1)
-        _up_pass(ugb, lb, ob, pb, c0, c1)  # up_g, held in grad_lam
-        r = ob[0]
-        zb[r, c0:c1] = ugb[r, c0:c1]
-        ugb[r, c0:c1] = 0
-        for i in range(1, L):  # down pass of up_g -> z = grad_x; decay gradient over up_g
-            if i + PREFETCH_DISTANCE < L:
-                w = ob[i + PREFETCH_DISTANCE]
-                pw = pb[w]
-                _prefetch(lb, w, c0, nbytes)
-                _prefetch(ugb, w, c0, nbytes)
-                _prefetch(ub, w, c0, nbytes)
-                _prefetch(zb, w, c0, nbytes)
-                _prefetch(zb, pw, c0, nbytes)
-                _prefetch(yb, pw, c0, nbytes)
-            v = ob[i]
-            p = pb[v]
-            zv, zp, ug_v = zb[v, c0:c1], zb[p, c0:c1], ugb[v, c0:c1]
-            uv, yp, lv = ub[v, c0:c1], yb[p, c0:c1], lb[v, c0:c1]
-            for k in range(c1 - c0):
-                lam_k = lv[k]
-                ug = ug_v[k]
-                u = uv[k]
-                z_par = zp[k]
-                zv[k] = ug * (one - lam_k * lam_k) + lam_k * z_par
-                ug_v[k] = ug * (yp[k] - lam_k * u) + u * (z_par - lam_k * ug)
+        # up_g is held in grad_lam; z = S g (the down pass of up_g) is grad_x
+        _copy_block(g[b], grad_lam[b], c0, c1)
+        _up_pass(grad_lam[b], lam[b], order[b], parent[b], c0, c1)
+        _down_pass(grad_lam[b], lam[b], grad_x[b], order[b], parent[b], c0, c1, one)
+        _decay_grad_full(grad_lam[b], up[b], y[b], grad_x[b], lam[b], parent[b], order[b, 0],
+                         c0, c1)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _subtree_grads(g, lam, order, parent, up, a, grad_lam, c0, c1):
+    """a[v] = g[v] + lam[v] a[parent] (= grad_x); grad_lam[v] = a[parent] up[v]."""
+    L = order.shape[0]
+    nbytes = (c1 - c0) * g.itemsize
+    r = order[0]
+    a[r, c0:c1] = g[r, c0:c1]
+    grad_lam[r, c0:c1] = 0
+    for i in range(1, L):
+        if i + PREFETCH_DISTANCE < L:
+            w = order[i + PREFETCH_DISTANCE]
+            _prefetch(g, w, c0, nbytes)
+            _prefetch(lam, w, c0, nbytes)
+            _prefetch(up, w, c0, nbytes)
+            _prefetch(a, w, c0, nbytes)
+            _prefetch(grad_lam, w, c0, nbytes)
+            _prefetch(a, parent[w], c0, nbytes)
+        v = order[i]
+        av, ap, gv, lv = a[v, c0:c1], a[parent[v], c0:c1], g[v, c0:c1], lam[v, c0:c1]
+        uv, glv = up[v, c0:c1], grad_lam[v, c0:c1]
+        for k in range(c1 - c0):
+            a_par = ap[k]
+            av[k] = gv[k] + lv[k] * a_par
+            glv[k] = a_par * uv[k]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -182,28 +209,7 @@ def _backward_subtree(g, lam, order, parent, up, grad_x, grad_lam, block):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        nbytes = (c1 - c0) * g.itemsize
-        gb, lb, ob, pb, ub, ab, glb = g[b], lam[b], order[b], parent[b], up[b], grad_x[b], grad_lam[b]
-        r = ob[0]
-        ab[r, c0:c1] = gb[r, c0:c1]
-        glb[r, c0:c1] = 0
-        for i in range(1, L):  # a[v] = g[v] + lam[v] a[parent]; d/d lam[v] = a[parent] up[v]
-            if i + PREFETCH_DISTANCE < L:
-                w = ob[i + PREFETCH_DISTANCE]
-                _prefetch(gb, w, c0, nbytes)
-                _prefetch(lb, w, c0, nbytes)
-                _prefetch(ub, w, c0, nbytes)
-                _prefetch(ab, w, c0, nbytes)
-                _prefetch(glb, w, c0, nbytes)
-                _prefetch(ab, pb[w], c0, nbytes)
-            v = ob[i]
-            p = pb[v]
-            av, ap, gv, lv, uv, glv = ab[v, c0:c1], ab[p, c0:c1], gb[v, c0:c1], lb[v, c0:c1], \
-                ub[v, c0:c1], glb[v, c0:c1]
-            for k in range(c1 - c0):
-                a_par = ap[k]
-                av[k] = gv[k] + lv[k] * a_par
-                glv[k] = a_par * uv[k]
+        _subtree_grads(g[b], lam[b], order[b], parent[b], up[b], grad_x[b], grad_lam[b], c0, c1)
 
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
