@@ -26,14 +26,18 @@ from grootvl.ops import grid_tree, tree_scan
 def interleaved_medians(fns: dict, repeats: int, warmup: int = 2
                         ) -> tuple[dict[str, float], dict[str, float]]:
     """Median wall seconds and median CPU seconds (all threads) of each callable, running
-    them in turn `repeats` times. CPU time is much less sensitive to a loaded machine."""
+    them in turn `repeats` times. CPU time is much less sensitive to a loaded machine.
+    The order rotates every repeat: a call that follows one touching the same tensors finds
+    them in cache, and no candidate should always get (or miss) that advantage."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     wall = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for rep in range(repeats):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            fn = fns[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             wall[name].append(time.perf_counter() - start)
@@ -103,18 +107,20 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(B, L, C, generator=gen)
     decay = torch.rand(B, L, C, generator=gen) * 0.9 + 0.1
     grad = torch.randn(B, L, C, generator=gen)
-    x_leaf = x.clone().requires_grad_(True)
-    decay_leaf = decay.clone().requires_grad_(True)
+    x.requires_grad_(True)
+    decay.requires_grad_(True)
 
     def elementwise():
-        return x * decay + x
+        with torch.no_grad():
+            return x * decay + x
 
     def forward():
-        return tree_scan(x, decay, tree, impl=args.impl)
+        with torch.no_grad():
+            return tree_scan(x, decay, tree, impl=args.impl)
 
     def forward_backward():
-        x_leaf.grad = decay_leaf.grad = None
-        tree_scan(x_leaf, decay_leaf, tree, impl=args.impl).backward(grad)
+        x.grad = decay.grad = None
+        tree_scan(x, decay, tree, impl=args.impl).backward(grad)
 
     med, cpu = interleaved_medians({"elementwise": elementwise, "forward": forward,
                                     "forward+backward": forward_backward}, args.repeats)
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{base * 1e3:.2f} ms; target <= {target}) {_verdict(ratio, target)}; "
               f"in CPU time {cpu[name] / base_cpu:.2f}")
 
-    x_leaf.grad = decay_leaf.grad = None
+    x.grad = decay.grad = None
     peak = peak_cpu_bytes(forward_backward) / (x.numel() * x.element_size())
     print(f"peak memory of forward+backward beyond inputs: {peak:.2f} x size(x) "
           f"(target <= 4) {_verdict(peak, 4.0)}")

@@ -7,8 +7,11 @@ channels-last rows, which LLVM vectorises. Blocks are as wide as the thread coun
 several times slower.
 
 Breadth-first order jumps around the image, so the passes are bound by memory latency, not
-arithmetic. Each pass therefore software-prefetches the rows it will touch PREFETCH_DISTANCE
-vertices ahead (the order is known in advance), which hides most of that latency.
+arithmetic. Each job therefore first streams its inputs in vertex order into the output
+buffers (x into up, lam into y, which holds it until the down pass overwrites it), so the
+tree-order passes mostly hit cache, and each tree-order pass software-prefetches the rows it
+will touch PREFETCH_DISTANCE vertices ahead (the order is known in advance). Gradient terms
+that need no particular order are computed in vertex order.
 
 Memory: forward allocates y and up only (subtree: up only, returned as y). Backward allocates
 grad_x and grad_decay only; grad_decay first holds the up pass of grad_y (up_g), and each
@@ -76,12 +79,22 @@ def _prefetch(typingctx, arr, row, col, nbytes):
 # float32 arithmetic to float64.
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _copy_block(src, dst, c0, c1):
+def _copy_rows(src, dst, c0, c1):
+    """dst = src, streaming in vertex order."""
     for v in range(src.shape[0]):
-        s = src[v, c0:c1]
-        d = dst[v, c0:c1]
+        s, d = src[v, c0:c1], dst[v, c0:c1]
         for k in range(c1 - c0):
             d[k] = s[k]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _copy_rows2(src, dst, src2, dst2, c0, c1):
+    """dst = src and dst2 = src2, streaming in vertex order."""
+    for v in range(src.shape[0]):
+        s, d, s2, d2 = src[v, c0:c1], dst[v, c0:c1], src2[v, c0:c1], dst2[v, c0:c1]
+        for k in range(c1 - c0):
+            d[k] = s[k]
+            d2[k] = s2[k]
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -93,7 +106,6 @@ def _up_pass(acc, lam, order, parent, c0, c1):
             w = order[i - PREFETCH_DISTANCE]
             _prefetch(lam, w, c0, nbytes)
             _prefetch(acc, w, c0, nbytes)
-            _prefetch(acc, parent[w], c0, nbytes)
         v = order[i]
         dst = acc[parent[v], c0:c1]
         src = acc[v, c0:c1]
@@ -103,8 +115,12 @@ def _up_pass(acc, lam, order, parent, c0, c1):
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _down_pass(up, lam, y, order, parent, c0, c1, one):
-    """y[root] = up[root]; y[v] = up[v] (1 - lam[v]^2) + lam[v] y[parent], parents first."""
+def _down_pass(up, y, order, parent, c0, c1, one):
+    """y[root] = up[root]; y[v] = up[v] (1 - lam[v]^2) + lam[v] y[parent], parents first.
+
+    y holds lam on entry: each y[v] is read as lam[v] and then overwritten, and y[parent]
+    is already final, so the pass streams two rows per vertex instead of three.
+    """
     L = order.shape[0]
     nbytes = (c1 - c0) * up.itemsize
     r = order[0]
@@ -112,31 +128,35 @@ def _down_pass(up, lam, y, order, parent, c0, c1, one):
     for i in range(1, L):
         if i + PREFETCH_DISTANCE < L:
             w = order[i + PREFETCH_DISTANCE]
-            _prefetch(lam, w, c0, nbytes)
             _prefetch(up, w, c0, nbytes)
             _prefetch(y, w, c0, nbytes)
-            _prefetch(y, parent[w], c0, nbytes)
         v = order[i]
         yp = y[parent[v], c0:c1]
         yv = y[v, c0:c1]
         uv = up[v, c0:c1]
-        lv = lam[v, c0:c1]
         for k in range(c1 - c0):
-            yv[k] = uv[k] * (one - lv[k] * lv[k]) + lv[k] * yp[k]
+            lv = yv[k]
+            yv[k] = uv[k] * (one - lv * lv) + lv * yp[k]
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward(x, lam, order, parent, up, y, block, full, one):
+    # The passes visit rows in tree order; a first sequential pass copies x into up and lam
+    # into y, so the later random-order passes find their rows in cache (and y already
+    # allocated there) instead of waiting on memory row by row.
     B, L, C = x.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        _copy_block(x[b], up[b], c0, c1)
-        _up_pass(up[b], lam[b], order[b], parent[b], c0, c1)
         if full:
-            _down_pass(up[b], lam[b], y[b], order[b], parent[b], c0, c1, one)
+            _copy_rows2(x[b], up[b], lam[b], y[b], c0, c1)
+            _up_pass(up[b], y[b], order[b], parent[b], c0, c1)
+            _down_pass(up[b], y[b], order[b], parent[b], c0, c1, one)
+        else:
+            _copy_rows(x[b], up[b], c0, c1)
+            _up_pass(up[b], lam[b], order[b], parent[b], c0, c1)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -167,49 +187,53 @@ def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        # up_g is held in grad_lam; z = S g (the down pass of up_g) is grad_x
-        _copy_block(g[b], grad_lam[b], c0, c1)
-        _up_pass(grad_lam[b], lam[b], order[b], parent[b], c0, c1)
-        _down_pass(grad_lam[b], lam[b], grad_x[b], order[b], parent[b], c0, c1, one)
+        # up_g is held in grad_lam; z = S g (the down pass of up_g) is grad_x, which holds
+        # lam until the down pass overwrites it.
+        _copy_rows2(g[b], grad_lam[b], lam[b], grad_x[b], c0, c1)
+        _up_pass(grad_lam[b], grad_x[b], order[b], parent[b], c0, c1)
+        _down_pass(grad_lam[b], grad_x[b], order[b], parent[b], c0, c1, one)
         _decay_grad_full(grad_lam[b], up[b], y[b], grad_x[b], lam[b], parent[b], order[b, 0],
                          c0, c1)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
-def _subtree_grads(g, lam, order, parent, up, a, grad_lam, c0, c1):
-    """a[v] = g[v] + lam[v] a[parent] (= grad_x); grad_lam[v] = a[parent] up[v]."""
+def _subtree_down_pass(a, lam_in_grad, order, c0, c1, parent):
+    """a[v] += lam[v] a[parent] in breadth-first order, with lam read from lam_in_grad."""
     L = order.shape[0]
-    nbytes = (c1 - c0) * g.itemsize
-    r = order[0]
-    a[r, c0:c1] = g[r, c0:c1]
-    grad_lam[r, c0:c1] = 0
+    nbytes = (c1 - c0) * a.itemsize
     for i in range(1, L):
         if i + PREFETCH_DISTANCE < L:
             w = order[i + PREFETCH_DISTANCE]
-            _prefetch(g, w, c0, nbytes)
-            _prefetch(lam, w, c0, nbytes)
-            _prefetch(up, w, c0, nbytes)
             _prefetch(a, w, c0, nbytes)
-            _prefetch(grad_lam, w, c0, nbytes)
-            _prefetch(a, parent[w], c0, nbytes)
+            _prefetch(lam_in_grad, w, c0, nbytes)
         v = order[i]
-        av, ap, gv, lv = a[v, c0:c1], a[parent[v], c0:c1], g[v, c0:c1], lam[v, c0:c1]
-        uv, glv = up[v, c0:c1], grad_lam[v, c0:c1]
+        av, ap, lv = a[v, c0:c1], a[parent[v], c0:c1], lam_in_grad[v, c0:c1]
         for k in range(c1 - c0):
-            a_par = ap[k]
-            av[k] = gv[k] + lv[k] * a_par
-            glv[k] = a_par * uv[k]
+            av[k] += lv[k] * ap[k]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _decay_grad_subtree(a, up, grad_lam, parent, root, c0, c1):
+    """grad_lam[v] = a[parent] up[v], in vertex order (parents are near neighbours)."""
+    for v in range(parent.shape[0]):
+        ap, uv, glv = a[max(parent[v], 0), c0:c1], up[v, c0:c1], grad_lam[v, c0:c1]
+        for k in range(c1 - c0):
+            glv[k] = ap[k] * uv[k]
+    grad_lam[root, c0:c1] = 0
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_subtree(g, lam, order, parent, up, grad_x, grad_lam, block):
+    # a = grad_x: a[root] = g[root], a[v] = g[v] + lam[v] a[parent]; grad_lam[v] = a[p] up[v].
     B, L, C = g.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
         b = job // nblk
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
-        _subtree_grads(g[b], lam[b], order[b], parent[b], up[b], grad_x[b], grad_lam[b], c0, c1)
+        _copy_rows2(g[b], grad_x[b], lam[b], grad_lam[b], c0, c1)
+        _subtree_down_pass(grad_x[b], grad_lam[b], order[b], c0, c1, parent[b])
+        _decay_grad_subtree(grad_x[b], up[b], grad_lam[b], parent[b], order[b, 0], c0, c1)
 
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
