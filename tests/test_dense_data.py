@@ -164,3 +164,15 @@ def test_ade_label_map_errors(ade, tmp_path):
         ADESegmentation(root, "validation", num_classes=4)
     with pytest.raises(DenseInputError, match=r"images/training.* not found"):
         ADESegmentation(tmp_path, "training", num_classes=4)
+
+
+def test_worker_errors_keep_the_one_line_message(ade, tmp_path):
+    root = tmp_path / "ade"
+    shutil.copytree(ade["root"], root)
+    label = sorted((root / "annotations" / "validation").iterdir())[0]
+    Image.fromarray(np.ones((10, 10), np.uint8)).save(label)
+    loader = torch.utils.data.DataLoader(ADESegmentation(root, "validation", 4), num_workers=1)
+    with pytest.raises(DenseInputError) as info:
+        next(iter(loader))
+    assert str(info.value).startswith(f"label map {label} is 10x10")
+    assert "Traceback" not in str(info.value)

@@ -180,13 +180,20 @@ def _report(name: str, metrics: dict, path: Path) -> None:
     print(f"{name}: metrics written to {path}", file=sys.stderr)
 
 
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_det_train(args) -> int:
     from grootvl.dense.detection import DetectionTask
     from grootvl.dense.training import run_dense_training
 
     summary = run_dense_training(DetectionTask(args), args)
-    print(f"det-train: {summary['epochs_completed']} epochs, best box AP "
-          f"{summary['best_metric']:.2f}, checkpoints in {args.output}", file=sys.stderr)
+    if _is_main_process():
+        print(f"det-train: {summary['epochs_completed']} epochs, best box AP "
+              f"{summary['best_metric']:.2f}, checkpoints in {args.output}", file=sys.stderr)
     return 0
 
 
@@ -195,8 +202,9 @@ def run_seg_train(args) -> int:
     from grootvl.dense.training import run_dense_training
 
     summary = run_dense_training(SegmentationTask(args), args)
-    print(f"seg-train: {summary['epochs_completed']} epochs, best mIoU "
-          f"{summary['best_metric']:.2f}, checkpoints in {args.output}", file=sys.stderr)
+    if _is_main_process():
+        print(f"seg-train: {summary['epochs_completed']} epochs, best mIoU "
+              f"{summary['best_metric']:.2f}, checkpoints in {args.output}", file=sys.stderr)
     return 0
 
 

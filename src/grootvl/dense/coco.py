@@ -72,9 +72,10 @@ def _annotation_problem(ann, images, category_ids, require_masks) -> str | None:
     bbox = ann.get("bbox")
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
         return f"{where} has bbox {bbox!r}; COCO boxes are [x, y, width, height]"
-    if not require_masks or ann.get("iscrowd", 0):
-        return None
     segm = ann.get("segmentation")
+    # crowd regions need no mask for training, but COCOeval decodes any they carry
+    if segm is None and (not require_masks or ann.get("iscrowd", 0)):
+        return None
     if isinstance(segm, list) and segm and all(
             isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segm):
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids, iou_types=("bbox", "s
             evaluator.summarize()
         if verbose:
             print(f"COCO {iou_type}:\n" + "\n".join(
-                line for line in buffer.getvalue().splitlines() if line.startswith(" Average")))
+                line for line in buffer.getvalue().splitlines() if line.startswith(" Average")),
+                file=sys.stderr)  # stdout stays machine-readable (det-eval prints JSON)
         # COCOeval writes -1 where a figure is undefined (no ground truth of that size)
         metrics[iou_type] = {name: round(float(v) * 100, 3) if v >= 0 else -1.0
                              for name, v in zip(COCO_STAT_NAMES, evaluator.stats)}

@@ -96,6 +96,20 @@ def _train_loader(task, train_ds, args, env: D.DistEnv):
     return sampler, loader
 
 
+def _sync_buffers(model: torch.nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm statistics) before evaluating.
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step
+    each rank holds its own statistics; without this, ranks would evaluate slightly
+    different models, and not the one saved in the checkpoint (rank 0's).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def _metric(metrics: dict, path: tuple[str, ...]) -> float:
     value = metrics
     for key in path:
@@ -211,6 +225,7 @@ def _train(task, args, env: D.DistEnv) -> dict:
                   "train_time_s": round(time.perf_counter() - epoch_start, 3)}
         improved = False
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            _sync_buffers(bare)
             metrics = task.evaluate(bare, val_ds, env, amp, args)
             record["val"] = metrics
             score = _metric(metrics, task.primary_metric)
