@@ -136,3 +136,27 @@ def test_parameter_names_shapes_and_init():
     assert layer.dt_projs_weight.abs().max() <= 5 ** -0.5
     torch.testing.assert_close(layer.A_logs, torch.zeros(160, 1))
     torch.testing.assert_close(layer.Ds, torch.ones(160))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_inference_path_matches_autograd_path(dtype, tol, monkeypatch):
+    """Without autograd the layer works in place and fuses its output stage (numba on CPU)."""
+    import grootvl.layers.tree_ssm as module
+
+    impls = []
+    real = module.ssm_output
+    monkeypatch.setattr(module, "ssm_output", lambda *a, **k: impls.append(k["impl"]) or real(*a, **k))
+    torch.manual_seed(4)
+    layer = TreeSSM(16).to(dtype)
+    with torch.no_grad():
+        for norm in (layer.h_norm, layer.out_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+        layer.A_logs.uniform_(-1.0, 1.0)
+        layer.Ds.uniform_(0.5, 1.5)
+    x = torch.randn(2, 6, 7, 16, dtype=dtype)
+    slow, tree = layer(x)
+    with torch.inference_mode():
+        fast, _ = layer(x, tree)
+    assert impls == ["torch", "numba"]
+    torch.testing.assert_close(fast, slow.detach(), rtol=tol, atol=tol)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import Tree, grid_tree, tree_scan
+from ..ops.ssm_output import ssm_output
 
 __all__ = ["TreeSSM"]
 
@@ -129,14 +130,18 @@ class TreeSSM(nn.Module):
         x_in = F.linear(x, weight[:d_inner])
         z = F.silu(F.linear(x, weight[d_inner:]), inplace=inplace)
         x_in = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=inplace)  # channels-last memory
-        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), tree, inplace)
-        y = y.mul_(z) if inplace and y.dtype == z.dtype else y.to(z.dtype) * z
+        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), z, tree, inplace)
         return self.out_proj(y), tree
 
-    def _scan_path(self, xs: Tensor, tree: Tree | None, inplace: bool) -> tuple[Tensor, Tree]:
-        """The selective scan over the tree, in float32: (B, H, W, D) -> (B, H, W, D)."""
+    def _scan_path(self, xs: Tensor, z: Tensor, tree: Tree | None, inplace: bool
+                   ) -> tuple[Tensor, Tree]:
+        """The selective scan over the tree, in float32, gated by z: (B, H, W, D) -> same."""
         batch, height, width, d_inner = xs.shape
         compute = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        # Inference on the CPU fuses the output stage into one numba pass (ssm_output); not
+        # while tracing (grootvl.flops counts the norms of the traced graph) or compiling.
+        fused = (inplace and xs.device.type == "cpu" and z.dtype == compute
+                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
         with _autocast_disabled(xs.device):
             # (B, L, D); a view when the convolution kept channels-last memory format
             xs = xs.to(compute).reshape(batch, height * width, d_inner)
@@ -144,24 +149,30 @@ class TreeSSM(nn.Module):
             dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
             # contiguous: on a strided slice the matmul is several times slower (and the
             # bias is added in a separate pass); the copy is only R values per position
-            delta = F.softplus(F.linear(dt.contiguous(), self.dt_projs_weight[0].to(compute),
-                                        self.dt_projs_bias[0].to(compute)))  # (B, L, D)
+            delta = F.linear(dt.contiguous(), self.dt_projs_weight[0].to(compute),
+                             self.dt_projs_bias[0].to(compute))  # (B, L, D)
             a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
-            decay = torch.mul(delta, a).exp_()  # exp's backward needs only its output
-            u = torch.mul(xs, b_in).mul_(delta) if inplace else delta * b_in * xs
+            if inplace:  # Δ, then the decay exp(Δ A), in the projection's buffer
+                delta = torch.ops.aten.softplus.out(delta, 1, 20, out=delta)
+                u = torch.mul(xs, b_in).mul_(delta)
+                decay = delta.mul_(a).exp_()
+            else:
+                delta = F.softplus(delta)
+                u = delta * b_in * xs
+                decay = torch.mul(delta, a).exp()  # exp's backward needs only its output
             if tree is None:
                 guide = xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2)
                 tree = grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl)
             h = tree_scan(u, decay, tree, mode="full", impl=self.scan_impl)
-            h = F.layer_norm(h, (d_inner,), self.h_norm.weight.to(compute),
-                             self.h_norm.bias.to(compute), self.h_norm.eps)
-            # y = C·h + D·x in one fused pass. (The original computes C·h as a per-position
-            # (D x 1)(1 x 1) matmul; grootvl.flops counts this addcmul the same way.)
-            skip = torch.mul(xs, self.Ds.to(compute))
-            y = skip.addcmul_(h, c_out) if inplace else torch.addcmul(skip, h, c_out)
-            y = F.layer_norm(y, (d_inner,), self.out_norm.weight.to(compute),
-                             self.out_norm.bias.to(compute), self.out_norm.eps)
-        return y.view(batch, height, width, d_inner), tree
+            # y = out_norm(h_norm(h) * C + D * x) * z. (The original computes C·h as a
+            # per-position (D x 1)(1 x 1) matmul; grootvl.flops counts it that way.)
+            norms = [(n.weight.to(compute), n.bias.to(compute), n.eps)
+                     for n in (self.h_norm, self.out_norm)]
+            gate = z.to(compute).reshape(h.shape)
+            y = ssm_output(h, c_out, xs, gate, self.Ds.to(compute), *norms,
+                           impl="numba" if fused else "torch", out=h if fused else None)
+        # z's dtype: under autocast or for a bfloat16 model, out_proj takes it
+        return y.to(z.dtype).view(batch, height, width, d_inner), tree
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
