@@ -55,12 +55,22 @@ def _path_weights(log_p: Tensor, lca: Tensor) -> Tensor:
     return s.exp_()
 
 
+def _path_weight_terms(decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(is_desc, lca, log_p)`` of one tree: everything S is built from, per channel.
+
+    The forward, the backward and ``dense_path_weights`` must all build S the same way, or the
+    oracle would check a kernel against two different definitions.
+    """
+    levels = _levels(order, level_offsets)
+    is_desc, lca = _ancestry(order, parent, levels)
+    return is_desc, lca, _log_paths(decay, order, parent, levels)
+
+
 def dense_path_weights(decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor,
                        mode: str = "full") -> Tensor:
     """S (C, L, L) of one tree (order, parent, level_offsets of one batch row), decay (L, C)."""
-    levels = _levels(order, level_offsets)
-    is_desc, lca = _ancestry(order, parent, levels)
-    log_p = _log_paths(decay, order, parent, levels)
+    is_desc, lca, log_p = _path_weight_terms(decay, order, parent, level_offsets)
     s = torch.stack([_path_weights(log_p[:, c], lca) for c in range(decay.shape[1])])
     return s * is_desc if mode == "subtree" else s
 
@@ -80,9 +90,7 @@ def _dense_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
     y = torch.zeros_like(x)
     up = torch.zeros_like(x)
     for b in range(x.shape[0]):
-        levels = _levels(order[b], level_offsets[b])
-        is_desc, lca = _ancestry(order[b], parent[b], levels)
-        log_p = _log_paths(decay[b], order[b], parent[b], levels)
+        is_desc, lca, log_p = _path_weight_terms(decay[b], order[b], parent[b], level_offsets[b])
         for c in range(x.shape[2]):  # per channel keeps memory at one L x L matrix
             s = _path_weights(log_p[:, c], lca)
             if mode == "full":
@@ -103,9 +111,7 @@ def _dense_backward(x: Tensor, grad_y: Tensor, decay: Tensor, order: Tensor, par
     grad_x = torch.zeros_like(x)
     grad_decay = torch.zeros_like(x)
     for b in range(x.shape[0]):
-        levels = _levels(order[b], level_offsets[b])
-        is_desc, lca = _ancestry(order[b], parent[b], levels)
-        log_p = _log_paths(decay[b], order[b], parent[b], levels)
+        is_desc, lca, log_p = _path_weight_terms(decay[b], order[b], parent[b], level_offsets[b])
         in_subtree = is_desc.to(x.dtype)
         root = order[b, 0]
         for c in range(x.shape[2]):
