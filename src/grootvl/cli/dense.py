@@ -174,10 +174,14 @@ def _eval_options(p) -> None:
 
 # ------------------------------------------------------------------------------- commands
 
-def _report(name: str, metrics: dict, path: Path) -> None:
+def _report_eval(command: str, metrics: dict, args) -> None:
+    """Metrics as one JSON line on stdout and a file: --output, else eval_SPLIT.json by the
+    checkpoint (det-eval and seg-eval must agree on where results land)."""
+    print(json.dumps(metrics))
+    path = Path(args.output or Path(args.checkpoint).parent / f"eval_{args.val_split}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2))
-    print(f"{name}: metrics written to {path}", file=sys.stderr)
+    print(f"{command}: metrics written to {path}", file=sys.stderr)
 
 
 def _is_main_process() -> bool:
@@ -186,26 +190,27 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def run_det_train(args) -> int:
-    from grootvl.dense.detection import DetectionTask
+def _train(command: str, task, metric_name: str, args) -> int:
+    """Run the shared dense training loop on ``task``; one summary line from the main rank."""
     from grootvl.dense.training import run_dense_training
 
-    summary = run_dense_training(DetectionTask(args), args)
+    summary = run_dense_training(task, args)
     if _is_main_process():
-        print(f"det-train: {summary['epochs_completed']} epochs, best box AP "
+        print(f"{command}: {summary['epochs_completed']} epochs, best {metric_name} "
               f"{summary['best_metric']:.2f}, checkpoints in {args.output}", file=sys.stderr)
     return 0
+
+
+def run_det_train(args) -> int:
+    from grootvl.dense.detection import DetectionTask
+
+    return _train("det-train", DetectionTask(args), "box AP", args)
 
 
 def run_seg_train(args) -> int:
     from grootvl.dense.segmentation import SegmentationTask
-    from grootvl.dense.training import run_dense_training
 
-    summary = run_dense_training(SegmentationTask(args), args)
-    if _is_main_process():
-        print(f"seg-train: {summary['epochs_completed']} epochs, best mIoU "
-              f"{summary['best_metric']:.2f}, checkpoints in {args.output}", file=sys.stderr)
-    return 0
+    return _train("seg-train", SegmentationTask(args), "mIoU", args)
 
 
 def run_det_eval(args) -> int:
@@ -231,9 +236,7 @@ def run_det_eval(args) -> int:
         D.teardown_distributed()
     if env.is_main:
         metrics = {"checkpoint": str(args.checkpoint), "annotations": str(ann), **metrics}
-        print(json.dumps(metrics))
-        out = args.output or Path(args.checkpoint).parent / f"eval_{args.val_split}.json"
-        _report("det-eval", metrics, Path(out))
+        _report_eval("det-eval", metrics, args)
     return 0
 
 
@@ -257,7 +260,5 @@ def run_seg_eval(args) -> int:
         D.teardown_distributed()
     if env.is_main:
         metrics = {"checkpoint": str(args.checkpoint), "data": str(args.data), **metrics}
-        print(json.dumps(metrics))
-        out = args.output or Path(args.checkpoint).parent / f"eval_{args.val_split}.json"
-        _report("seg-eval", metrics, Path(out))
+        _report_eval("seg-eval", metrics, args)
     return 0
