@@ -50,43 +50,45 @@ def _det_args(coco_root, output, epochs, *extra):
             "--log-every", 1, "--eval-every", 100, *extra]
 
 
-def _epochs(log):
-    return [r for r in log if r["event"] == "epoch"]
+def _train_resume_and_eval(train_args, eval_command, data_root, tmp_path):
+    """Train 2 epochs, resume the same run for a 3rd, then evaluate its last.pth.
 
-
-def test_det_train_lowers_loss_writes_coco_metrics_and_resumes(coco_root, tmp_path):
-    out = tmp_path / "det"
-    assert run_cli(*_det_args(coco_root, out, 2)) == 0
-    log = read_jsonl(out / "log.jsonl")
-    assert [e["epoch"] for e in _epochs(log)] == [0, 1]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epoch"] == 1
-    for iou_type in ("bbox", "segm"):
-        assert set(metrics[iou_type]) >= {"AP", "AP50", "AP75"}
-        assert 0.0 <= metrics[iou_type]["AP"] <= 100.0
+    det and seg share one training loop, so both must pass the same resume and loss checks.
+    Returns (metrics.json after 2 epochs, metrics.json after 3, the eval command's JSON).
+    """
+    out = tmp_path / "run"
+    assert run_cli(*train_args(data_root, out, 2)) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["epoch"] == 1
     assert (out / "best.pth").is_file() and (out / "last.pth").is_file()
 
-    # continue the same run for one more epoch
-    assert run_cli(*_det_args(coco_root, out, 3, "--resume", "auto")) == 0
+    assert run_cli(*train_args(data_root, out, 3, "--resume", "auto")) == 0
     log = read_jsonl(out / "log.jsonl")
     starts = [r for r in log if r["event"] == "start"]
     assert starts[-1]["start_epoch"] == 2 and starts[-1]["resumed_from"].endswith("last.pth")
-    epochs = _epochs(log)
+    epochs = [r for r in log if r["event"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
     assert epochs[-1]["global_step"] == 12  # 3 epochs x 4 steps: no step repeated or lost
     losses = [e["train_loss"] for e in epochs]
-    metrics = json.loads((out / "metrics.json").read_text())
-    print(f"det-train loss per epoch {[round(v, 3) for v in losses]}; "
-          f"val bbox AP {metrics['bbox']['AP']}, segm AP {metrics['segm']['AP']}")
+    print(f"train loss per epoch {[round(v, 3) for v in losses]}")
     assert losses[-1] < 0.9 * losses[0], losses
+    final = json.loads((out / "metrics.json").read_text())
 
-    eval_json = tmp_path / "det_eval.json"
-    assert run_cli("det-eval", "--checkpoint", out / "last.pth", "--data", coco_root,
+    eval_json = tmp_path / "eval.json"
+    assert run_cli(eval_command, "--checkpoint", out / "last.pth", "--data", data_root,
                    "--output", eval_json, "--workers", 0, "--device", "cpu",
                    "--progress", "none") == 0
-    result = json.loads(eval_json.read_text())
-    assert result["num_images"] == 2 and result["bbox"] == metrics["bbox"]
-    assert result["segm"] == metrics["segm"]
+    return first, final, json.loads(eval_json.read_text())
+
+
+def test_det_train_lowers_loss_writes_coco_metrics_and_resumes(coco_root, tmp_path):
+    first, final, result = _train_resume_and_eval(_det_args, "det-eval", coco_root, tmp_path)
+    for iou_type in ("bbox", "segm"):
+        assert set(first[iou_type]) >= {"AP", "AP50", "AP75"}
+        assert 0.0 <= first[iou_type]["AP"] <= 100.0
+    print(f"det val bbox AP {final['bbox']['AP']}, segm AP {final['segm']['AP']}")
+    assert result["num_images"] == 2 and result["bbox"] == final["bbox"]
+    assert result["segm"] == final["segm"]
 
 
 def _seg_args(ade_root, output, epochs, *extra):
@@ -98,29 +100,10 @@ def _seg_args(ade_root, output, epochs, *extra):
 
 
 def test_seg_train_lowers_loss_writes_miou_and_resumes(ade_root, tmp_path):
-    out = tmp_path / "seg"
-    assert run_cli(*_seg_args(ade_root, out, 2)) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epoch"] == 1
-    assert 0.0 <= metrics["mIoU"] <= 100.0 and set(metrics["per_class_IoU"]) == {"1", "2", "3", "4"}
-
-    assert run_cli(*_seg_args(ade_root, out, 3, "--resume", "auto")) == 0
-    log = read_jsonl(out / "log.jsonl")
-    assert [r for r in log if r["event"] == "start"][-1]["start_epoch"] == 2
-    epochs = _epochs(log)
-    assert [e["epoch"] for e in epochs] == [0, 1, 2] and epochs[-1]["global_step"] == 12
-    losses = [e["train_loss"] for e in epochs]
-    metrics = json.loads((out / "metrics.json").read_text())
-    print(f"seg-train loss per epoch {[round(v, 3) for v in losses]}; "
-          f"val mIoU {metrics['mIoU']}, aAcc {metrics['aAcc']}")
-    assert losses[-1] < 0.9 * losses[0], losses
-
-    eval_json = tmp_path / "seg_eval.json"
-    assert run_cli("seg-eval", "--checkpoint", out / "last.pth", "--data", ade_root,
-                   "--output", eval_json, "--workers", 0, "--device", "cpu",
-                   "--progress", "none") == 0
-    result = json.loads(eval_json.read_text())
-    assert result["mIoU"] == metrics["mIoU"] and result["aAcc"] == metrics["aAcc"]
+    first, final, result = _train_resume_and_eval(_seg_args, "seg-eval", ade_root, tmp_path)
+    assert 0.0 <= first["mIoU"] <= 100.0 and set(first["per_class_IoU"]) == {"1", "2", "3", "4"}
+    print(f"seg val mIoU {final['mIoU']}, aAcc {final['aAcc']}")
+    assert result["mIoU"] == final["mIoU"] and result["aAcc"] == final["aAcc"]
 
 
 def test_cli_bad_input_exits_2_with_a_clear_message(coco_root, tmp_path, capsys):
