@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import Tree, grid_tree, tree_scan
-from ..ops.ssm_output import ssm_output
+from ..ops.ssm_elementwise import discretize, ssm_output
 
 __all__ = ["TreeSSM"]
 
@@ -119,29 +119,27 @@ class TreeSSM(nn.Module):
                 f"TreeSSM expects channels-last input (B, H, W, {self.d_model}), got shape "
                 f"{tuple(x.shape)}"
             )
-        d_inner = self.d_inner
-        # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
-        # temporary is a fresh allocation (and page faults) otherwise, which costs about
-        # as much as the element-wise op itself on CPU.
-        inplace = not torch.is_grad_enabled()
         weight = self.in_proj.weight
         # Two projections instead of one + chunk: each half comes out contiguous, so the
         # convolution input below is an exact channels-last tensor (no hidden copy).
-        x_in = F.linear(x, weight[:d_inner])
-        z = F.silu(F.linear(x, weight[d_inner:]), inplace=inplace)
-        x_in = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=inplace)  # channels-last memory
-        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), z, tree, inplace)
+        x_in = F.linear(x, weight[:self.d_inner])
+        z = F.linear(x, weight[self.d_inner:])  # the gate; its silu is applied in ssm_output
+        # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
+        # temporary is a fresh allocation (and page faults) otherwise, which costs about
+        # as much as the element-wise op itself on CPU.
+        x_in = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
+        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), z, tree)  # conv kept channels-last
         return self.out_proj(y), tree
 
-    def _scan_path(self, xs: Tensor, z: Tensor, tree: Tree | None, inplace: bool
-                   ) -> tuple[Tensor, Tree]:
+    def _scan_path(self, xs: Tensor, z: Tensor, tree: Tree | None) -> tuple[Tensor, Tree]:
         """The selective scan over the tree, in float32, gated by z: (B, H, W, D) -> same."""
         batch, height, width, d_inner = xs.shape
         compute = torch.float64 if xs.dtype == torch.float64 else torch.float32
-        # Inference on the CPU fuses the output stage into one numba pass (ssm_output); not
-        # while tracing (grootvl.flops counts the norms of the traced graph) or compiling.
-        fused = (inplace and xs.device.type == "cpu" and z.dtype == compute
+        # Inference on the CPU runs the element-wise stages as fused numba kernels; not while
+        # tracing (grootvl.flops counts the norms of the traced graph) or compiling.
+        fused = (not torch.is_grad_enabled() and xs.device.type == "cpu"
                  and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+        impl = "numba" if fused else "torch"
         with _autocast_disabled(xs.device):
             # (B, L, D); a view when the convolution kept channels-last memory format
             xs = xs.to(compute).reshape(batch, height * width, d_inner)
@@ -149,28 +147,20 @@ class TreeSSM(nn.Module):
             dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
             # contiguous: on a strided slice the matmul is several times slower (and the
             # bias is added in a separate pass); the copy is only R values per position
-            delta = F.linear(dt.contiguous(), self.dt_projs_weight[0].to(compute),
-                             self.dt_projs_bias[0].to(compute))  # (B, L, D)
+            dt = F.linear(dt.contiguous(), self.dt_projs_weight[0].to(compute),
+                          self.dt_projs_bias[0].to(compute))  # (B, L, D), before softplus
             a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
-            if inplace:  # Δ, then the decay exp(Δ A), in the projection's buffer
-                delta = torch.ops.aten.softplus.out(delta, 1, 20, out=delta)
-                u = torch.mul(xs, b_in).mul_(delta)
-                decay = delta.mul_(a).exp_()
-            else:
-                delta = F.softplus(delta)
-                u = delta * b_in * xs
-                decay = torch.mul(delta, a).exp()  # exp's backward needs only its output
+            u, decay = discretize(dt, xs, b_in, a, impl=impl, inplace=fused)
             if tree is None:
                 guide = xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2)
                 tree = grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl)
             h = tree_scan(u, decay, tree, mode="full", impl=self.scan_impl)
-            # y = out_norm(h_norm(h) * C + D * x) * z. (The original computes C·h as a
+            # y = out_norm(h_norm(h) * C + D * x) * silu(z). (The original computes C·h as a
             # per-position (D x 1)(1 x 1) matmul; grootvl.flops counts it that way.)
             norms = [(n.weight.to(compute), n.bias.to(compute), n.eps)
                      for n in (self.h_norm, self.out_norm)]
-            gate = z.to(compute).reshape(h.shape)
-            y = ssm_output(h, c_out, xs, gate, self.Ds.to(compute), *norms,
-                           impl="numba" if fused else "torch", out=h if fused else None)
+            y = ssm_output(h, c_out, xs, z.to(compute).reshape(h.shape), self.Ds.to(compute),
+                           *norms, impl=impl, out=h if fused else None)
         # z's dtype: under autocast or for a bfloat16 model, out_proj takes it
         return y.to(z.dtype).view(batch, height, width, d_inner), tree
 

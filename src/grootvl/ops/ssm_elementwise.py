@@ -1,0 +1,210 @@
+"""The element-wise stages of a Tree SSM layer around the tree scan (DESIGN.md §4).
+
+    discretize:  Δ = softplus(dt),  u = Δ · B · x,  decay = exp(Δ · A)
+    ssm_output:  out = LayerNorm_out(LayerNorm_h(h) · C + D · x) · silu(z)
+
+All of dt, x, h, z, u, decay are (B, L, D) channels-last; B and C are one number per position
+((B, L, 1), strided slices of the x_proj output are fine) and A, D one per channel.
+
+Composed from torch ops each stage is four to seven passes over (B, L, D) memory with a
+fresh allocation per intermediate. In the first stage of GrootV-T those are 16 MB each,
+larger than the caches, and the element-wise work costs about as much as the layer's matrix
+products. ``impl="numba"`` does each stage in one pass per row with the row in L1 cache,
+writing into buffers of the caller's choice; it has no backward, so training uses
+``impl="torch"``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+from torch import Tensor
+
+from ._vecmath_numba import exp, silu, softplus
+
+__all__ = ["discretize", "ssm_output"]
+
+IMPLS = ("torch", "numba")
+# reassoc lets LLVM vectorise the LayerNorm sums (the result then depends on the vector
+# width, never on the thread count: each row is summed by one thread).
+_FASTMATH = {"contract", "reassoc", "nsz"}
+
+
+# --------------------------------------------------------------------------- numba kernels
+# prange bodies only call plain @njit functions: loops written directly in a prange body
+# next to inlined helpers miscompiled with numba 0.68 (see scan_numba.py).
+#
+# Each row is computed into a per-chunk scratch row before the results are written: the
+# outputs may share memory with the inputs (decay with dt, out with h), and LLVM only
+# vectorises a loop when its runtime check finds the arrays it reads and writes disjoint.
+
+_ROWS_PER_CHUNK = 64
+
+
+@njit(cache=True, fastmath={"contract"})
+def _discretize_row(dt, x, b, a, u, decay, delta):
+    for k in range(dt.shape[0]):
+        delta[k] = softplus(dt[k])
+    for k in range(dt.shape[0]):
+        u[k] = delta[k] * b * x[k]
+        decay[k] = exp(delta[k] * a[k])
+
+
+@njit(cache=True, fastmath={"contract"})
+def _discretize_chunk(dt, x, b, a, u, decay, r0, r1):
+    delta = np.empty(dt.shape[1], dt.dtype)
+    for i in range(r0, r1):
+        _discretize_row(dt[i], x[i], b[i], a, u[i], decay[i], delta)
+
+
+@njit(parallel=True, cache=True)
+def _discretize_rows(dt, x, b, a, u, decay):
+    n = dt.shape[0]
+    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
+        _discretize_chunk(dt, x, b, a, u, decay, j * _ROWS_PER_CHUNK,
+                          min(n, (j + 1) * _ROWS_PER_CHUNK))
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _mean_rstd(row, eps):
+    # constants in the row's dtype: a Python int or float would promote float32 math to float64
+    real = row.dtype.type
+    n = real(row.shape[0])
+    total = real(0)
+    for k in range(row.shape[0]):
+        total += row[k]
+    mean = total / n
+    sq = real(0)
+    for k in range(row.shape[0]):
+        d = row[k] - mean
+        sq += d * d
+    return mean, real(1) / np.sqrt(sq / n + real(eps))
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _output_row(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, y):
+    m1, r1 = _mean_rstd(h, eps1)
+    for k in range(h.shape[0]):
+        y[k] = ((h[k] - m1) * r1 * w1[k] + b1[k]) * c + skip[k] * x[k]
+    m2, r2 = _mean_rstd(y, eps2)
+    for k in range(h.shape[0]):
+        out[k] = ((y[k] - m2) * r2 * w2[k] + b2[k]) * silu(z[k])
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _output_chunk(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, r0, r1):
+    y = np.empty(h.shape[1], h.dtype)
+    for i in range(r0, r1):
+        _output_row(h[i], c[i], x[i], z[i], skip, w1, b1, eps1, w2, b2, eps2, out[i], y)
+
+
+@njit(parallel=True, cache=True)
+def _output_rows(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out):
+    n = h.shape[0]
+    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
+        _output_chunk(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, j * _ROWS_PER_CHUNK,
+                      min(n, (j + 1) * _ROWS_PER_CHUNK))
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check_impl(op: str, impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+
+
+def _check_numba(op: str, tensors: dict[str, Tensor], dtype: torch.dtype) -> None:
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op} impl='numba' computes in float32 or float64, got {dtype}; "
+                        "use impl='torch'")
+    for name, t in tensors.items():
+        if t.device.type != "cpu":
+            raise ValueError(f"{op} impl='numba' runs on CPU tensors, but {name} is on "
+                             f"{t.device}; use impl='torch'")
+        if t.dtype != dtype:
+            raise TypeError(f"{op} impl='numba' needs one dtype, but {name} is {t.dtype} "
+                            f"and the others {dtype}")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"{op} impl='numba' has no backward, but {name} requires "
+                               "grad; use impl='torch' for training")
+
+
+def _check_shapes(op: str, rows: dict[str, Tensor], per_position: dict[str, Tensor],
+                  per_channel: dict[str, Tensor]) -> None:
+    shape = next(iter(rows.values())).shape
+    ok = (all(t.shape == shape for t in rows.values())
+          and all(t.shape == (*shape[:-1], 1) for t in per_position.values())
+          and all(t.shape == shape[-1:] for t in per_channel.values()))
+    if not ok:
+        got = ", ".join(f"{n} {tuple(t.shape)}" for d in (rows, per_position, per_channel)
+                        for n, t in d.items())
+        raise ValueError(f"{op}: {', '.join(rows)} must match (..., D), "
+                         f"{', '.join(per_position)} be (..., 1) and "
+                         f"{', '.join(per_channel)} (D,); got {got}")
+
+
+def _rows(t: Tensor, width: int, name: str) -> np.ndarray:
+    """(N, width) numpy view of t, which must not need a copy (results are written into it)."""
+    r = t.reshape(-1, width)
+    if r.data_ptr() != t.data_ptr() or (r.numel() and r.stride(-1) != 1):
+        raise ValueError(f"{name} must be a tensor whose rows of {width} are contiguous")
+    return r.detach().numpy()
+
+
+def _numpy(*tensors: Tensor) -> list[np.ndarray]:
+    return [t.detach().contiguous().numpy() for t in tensors]
+
+
+# --------------------------------------------------------------------------- public ops
+
+def discretize(dt: Tensor, x: Tensor, b: Tensor, a: Tensor, impl: str = "torch",
+               inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """(u, decay) = (softplus(dt) · b · x, exp(softplus(dt) · a)).
+
+    Args:
+        dt: (..., D) Δ before the softplus (the Δ projection's output).
+        x: (..., D) scan input. b: (..., 1) input coefficient B. a: (D,) A (negative).
+        impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU inference).
+        inplace: ``impl="numba"`` only: write decay into dt's buffer.
+    """
+    _check_impl("discretize", impl)
+    if impl == "torch":
+        delta = F.softplus(dt)
+        return delta * b * x, torch.mul(delta, a).exp()  # exp's backward needs only its output
+    _check_shapes("discretize", {"dt": dt, "x": x}, {"b": b}, {"a": a})
+    _check_numba("discretize", {"dt": dt, "x": x, "b": b, "a": a}, dt.dtype)
+    D = dt.shape[-1]
+    u = torch.empty(dt.shape, dtype=dt.dtype)
+    decay = dt if inplace else torch.empty(dt.shape, dtype=dt.dtype)
+    dt_rows = _rows(dt, D, "dt (inplace=True)") if inplace else _numpy(dt.reshape(-1, D))[0]
+    _discretize_rows(dt_rows, *_numpy(x.reshape(-1, D), b.reshape(-1), a), _rows(u, D, "u"),
+                     _rows(decay, D, "decay"))
+    return u, decay
+
+
+def ssm_output(h: Tensor, c: Tensor, x: Tensor, z: Tensor, skip: Tensor,
+               h_norm: tuple[Tensor, Tensor, float], out_norm: tuple[Tensor, Tensor, float],
+               impl: str = "torch", out: Tensor | None = None) -> Tensor:
+    """``LayerNorm_out(LayerNorm_h(h) · c + skip · x) · silu(z)`` over the last dimension.
+
+    Args:
+        h: (..., D) scan output. x: (..., D) scan input. z: (..., D) gate before its silu.
+        c: (..., 1) output coefficient C. skip: (D,) the skip weight D.
+        h_norm, out_norm: (weight, bias, eps) of the two LayerNorms.
+        impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU inference).
+        out: where ``impl="numba"`` writes the result (may be ``h``); a new tensor if None.
+    """
+    _check_impl("ssm_output", impl)
+    if impl == "torch":
+        y = torch.addcmul(x * skip, F.layer_norm(h, h.shape[-1:], *h_norm), c)
+        return F.layer_norm(y, y.shape[-1:], *out_norm) * F.silu(z)
+    _check_shapes("ssm_output", {"h": h, "x": x, "z": z}, {"c": c}, {"skip": skip})
+    _check_numba("ssm_output", {"h": h, "c": c, "x": x, "z": z, "skip": skip,
+                                "h_norm": h_norm[0], "out_norm": out_norm[0]}, h.dtype)
+    D = h.shape[-1]
+    out = torch.empty(h.shape, dtype=h.dtype) if out is None else out
+    _output_rows(*_numpy(h.reshape(-1, D), c.reshape(-1), x.reshape(-1, D), z.reshape(-1, D),
+                         skip, *h_norm[:2]), h_norm[2], *_numpy(*out_norm[:2]), out_norm[2],
+                 _rows(out, D, "out"))
+    return out

@@ -1,0 +1,86 @@
+"""discretize / ssm_output: the fused numba kernels against their torch compositions."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from numba import njit
+
+from grootvl.ops._vecmath_numba import exp, silu, softplus
+from grootvl.ops.ssm_elementwise import discretize, ssm_output
+
+
+def _inputs(dtype, shape=(2, 37, 24), rank=3):
+    g = torch.Generator().manual_seed(0)
+    d = shape[-1]
+    rand = lambda *s: torch.randn(*s, dtype=dtype, generator=g)  # noqa: E731
+    x_dbl = rand(*shape[:-1], rank + 2)  # B and C are strided slices of it, as in the layer
+    return dict(h=rand(*shape) * 3 + 1, c=x_dbl[..., -1:], x=rand(*shape), z=rand(*shape) * 4,
+                skip=rand(d), h_norm=(rand(d), rand(d), 1e-5), out_norm=(rand(d), rand(d), 1e-6)), \
+        dict(dt=rand(*shape) * 8 - 2, x=rand(*shape), b=x_dbl[..., -2:-1], a=-rand(d).exp())
+
+
+@njit(cache=True)
+def _apply(values, which, out):
+    for i in range(values.shape[0]):
+        v = values[i]
+        out[i] = exp(v) if which == 0 else (softplus(v) if which == 1 else silu(v))
+
+
+@pytest.mark.parametrize("which, fn, ulps", [(0, torch.exp, 1.5), (1, F.softplus, 4), (2, F.silu, 4)])
+def test_float32_vector_math_is_within_a_few_ulp(which, fn, ulps):
+    values = np.concatenate([np.linspace(-87, 88, 200_001), np.random.default_rng(0).normal(0, 5, 100_000),
+                             [0.0, 20.0, 20.001, -20.0, 1e-30]]).astype(np.float32)
+    if which == 2:
+        values = values[values > -80]  # silu's tail underflows differently; it is ~0 there
+    got = np.empty_like(values)
+    _apply(values, which, got)
+    exact = fn(torch.from_numpy(values).double())
+    rel = (torch.from_numpy(got).double() - exact).abs() / exact.abs().clamp_min(1e-37)
+    assert rel.max().item() <= ulps * 2.0 ** -24
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_numba_matches_torch_with_strided_coefficients(dtype, tol):
+    out_args, disc_args = _inputs(dtype)
+    assert not out_args["c"].is_contiguous() and not disc_args["b"].is_contiguous()
+    torch.testing.assert_close(ssm_output(**out_args, impl="numba"), ssm_output(**out_args),
+                               rtol=tol, atol=tol)
+    for got, expected in zip(discretize(**disc_args, impl="numba"), discretize(**disc_args)):
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+def test_numba_writes_into_the_given_buffers():
+    out_args, disc_args = _inputs(torch.float64)
+    expected = ssm_output(**out_args)
+    h = out_args["h"]
+    assert ssm_output(**out_args, impl="numba", out=h) is h
+    torch.testing.assert_close(h, expected, rtol=1e-12, atol=1e-12)
+    expected_u, expected_decay = discretize(**disc_args)
+    u, decay = discretize(**disc_args, impl="numba", inplace=True)
+    assert decay is disc_args["dt"]
+    torch.testing.assert_close(u, expected_u, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(decay, expected_decay, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_impls_are_differentiable():
+    out_args, disc_args = _inputs(torch.float64, shape=(1, 3, 5))
+    h = out_args.pop("h").requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h: ssm_output(h, **out_args), (h,))
+    dt = disc_args.pop("dt").requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda dt: discretize(dt, **disc_args), (dt,))
+
+
+def test_numba_refuses_what_it_cannot_do():
+    out_args, disc_args = _inputs(torch.float32)
+    with pytest.raises(TypeError, match="one dtype"):
+        ssm_output(**{**out_args, "x": out_args["x"].double()}, impl="numba")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        discretize(**{k: v.bfloat16() for k, v in disc_args.items()}, impl="numba")
+    with pytest.raises(RuntimeError, match="no backward"):
+        ssm_output(**{**out_args, "z": out_args["z"].requires_grad_(True)}, impl="numba")
+    with pytest.raises(ValueError, match=r"\(\.\.\., 1\)"):
+        discretize(**{**disc_args, "b": disc_args["b"].expand(2, 37, 24)}, impl="numba")
+    with pytest.raises(ValueError, match="must match"):
+        ssm_output(**{**out_args, "x": out_args["x"][:, :5]}, impl="numba")
+    with pytest.raises(ValueError, match="impl must be"):
+        ssm_output(**out_args, impl="triton")
