@@ -80,9 +80,12 @@ def test_captured_tree_and_propagation_weights_match_definitions():
 
 
 def test_flops_and_benchmark(tmp_path, capsys):
-    assert main(["flops", "--img-size", "32", "--num-classes", "10", *TINY_GROOTV]) == 0
+    flops_json = tmp_path / "flops.json"
+    assert main(["flops", "--img-size", "32", "--num-classes", "10", "--json", str(flops_json),
+                 *TINY_GROOTV]) == 0
     flops = json.loads(capsys.readouterr().out)
     assert flops["gflops"] > 0 and flops["params"] > 0 and flops["tree_gflops"]["scan"] > 0
+    assert json.loads(flops_json.read_text()) == flops
     out = tmp_path / "bench.json"
     assert main(["benchmark", "--img-size", "32", "--batch-size", "2", "--iters", "1", "--warmup", "1",
                  "--device", "cpu", "--json", str(out), *TINY_GROOTV]) == 0

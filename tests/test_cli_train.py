@@ -67,7 +67,8 @@ def _end(out):
     return [r for r in read_jsonl(out / "log.jsonl") if r["event"] == "end"][-1]
 
 
-def test_train_writes_checkpoints_and_logs_then_eval_reproduces_best(reference_run, data, capsys):
+def test_train_writes_checkpoints_and_logs_then_eval_reproduces_best(reference_run, data, capsys,
+                                                                     tmp_path):
     out = reference_run
     for name in ("last.pth", "best.pth", "ema_best.pth", "config.yaml", "log.jsonl", "summary.json"):
         assert (out / name).is_file(), name
@@ -83,8 +84,9 @@ def test_train_writes_checkpoints_and_logs_then_eval_reproduces_best(reference_r
 
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data", str(data),
-                 "--workers", "0", "--device", "cpu"]) == 0
+                 "--workers", "0", "--device", "cpu", "--json", str(tmp_path / "eval.json")]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "eval.json").read_text()) == result
     assert result["count"] == 12 and result["model"] == "test_efficientnet"
     assert result["top1"] == pytest.approx(_end(out)["best_top1"])  # same weights, same data
     assert main(["eval", "--checkpoint", str(out / "last.pth"), "--use-ema", "--data",

@@ -185,6 +185,7 @@ def run_flops(args) -> int:
     import dataclasses
     import warnings
 
+    from grootvl.engine.progress import print_json_result
     from grootvl.flops import count_flops_params
 
     if args.img_size < 1:
@@ -195,10 +196,7 @@ def run_flops(args) -> int:
         report = count_flops_params(model, (args.in_chans, args.img_size, args.img_size))
     fields = {k: v for k, v in dataclasses.asdict(report).items() if k != "layer_shapes"}
     print(report.summary(), file=sys.stderr)
-    out = {"model": args.model, **fields}
-    print(json.dumps(out))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
+    print_json_result({"model": args.model, **fields}, args.json_out)
     return 0
 
 

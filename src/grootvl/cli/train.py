@@ -163,7 +163,7 @@ def run_eval(args) -> int:
     from grootvl.engine.checkpoint import read_checkpoint_meta
     from grootvl.engine.classification import evaluate
     from grootvl.engine.config import load_config_file
-    from grootvl.engine.progress import Progress
+    from grootvl.engine.progress import Progress, print_json_result
     from grootvl.engine.weights import create_model, load_weights
 
     ckpt = read_checkpoint_meta(args.checkpoint)
@@ -199,9 +199,7 @@ def run_eval(args) -> int:
     if env.is_main:
         result = {"checkpoint": str(args.checkpoint), "model": name, "ema": args.use_ema,
                   "data": str(root), **metrics}
-        print(json.dumps(result))
-        if args.json_out:
-            Path(args.json_out).write_text(json.dumps(result, indent=2))
+        print_json_result(result, args.json_out)
     return 0
 
 
