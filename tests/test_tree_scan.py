@@ -305,3 +305,31 @@ def test_full_scan_forward_backward_allocates_at_most_four_times_x():
         peak = max(peak, live)
     size = x.numel() * x.element_size()
     assert 4 * size <= peak <= 4 * size + 64 * 1024  # y, up, grad_x, grad_decay + small change
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_overwrite_inputs_gives_the_same_result(mode, dtype):
+    tree = grid_mst(2, 6, 9)
+    x, decay = inputs(2, 54, 5, dtype=dtype)
+    expected = tree_scan(x, decay, tree, mode, impl="numba")
+    with torch.no_grad():
+        xw, dw = x.clone(), decay.clone()
+        got = tree_scan(xw, dw, tree, mode, impl="numba", overwrite_inputs=True)
+    assert got.data_ptr() == (dw if mode == "full" else xw).data_ptr()  # worked in place
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # a permission, not a demand: with autograd or a backend without it, inputs are kept
+    for impl in ("torch", "numba"):
+        xg = x.clone().requires_grad_(impl == "numba")
+        out = tree_scan(xg, decay, tree, mode, impl=impl, overwrite_inputs=True)
+        torch.testing.assert_close(xg.detach(), x, rtol=0, atol=0)
+        torch.testing.assert_close(out.detach(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_inplace_op_registration_passes_opcheck():
+    tree = grid_mst(1, 4, 4)
+    x, decay = inputs(1, 16, 2)
+    for mode in MODES:
+        args = (x.clone(), decay.clone(), tree.order, tree.parent, tree.level_offsets, mode, "numba")
+        torch.library.opcheck(torch.ops.grootvl.tree_scan_inplace.default, args,
+                              test_utils=("test_schema", "test_faketensor"))

@@ -145,16 +145,14 @@ class TreeSSM(nn.Module):
             xs = xs.to(compute).reshape(batch, height * width, d_inner)
             x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
             dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-            # contiguous: on a strided slice the matmul is several times slower (and the
-            # bias is added in a separate pass); the copy is only R values per position
-            dt = F.linear(dt.contiguous(), self.dt_projs_weight[0].to(compute),
-                          self.dt_projs_bias[0].to(compute))  # (B, L, D), before softplus
             a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
-            u, decay = discretize(dt, xs, b_in, a, impl=impl, inplace=fused)
+            u, decay = discretize(dt, self.dt_projs_weight[0].to(compute),
+                                  self.dt_projs_bias[0].to(compute), xs, b_in, a, impl=impl)
             if tree is None:
                 guide = xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2)
                 tree = grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl)
-            h = tree_scan(u, decay, tree, mode="full", impl=self.scan_impl)
+            # u and decay are this layer's temporaries: the scan may work in their memory
+            h = tree_scan(u, decay, tree, mode="full", impl=self.scan_impl, overwrite_inputs=fused)
             # y = out_norm(h_norm(h) * C + D * x) * silu(z). (The original computes C·h as a
             # per-position (D x 1)(1 x 1) matmul; grootvl.flops counts it that way.)
             norms = [(n.weight.to(compute), n.bias.to(compute), n.eps)

@@ -32,7 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from torch import Tensor
 
-__all__ = ["scan_forward", "scan_backward", "channel_block"]
+__all__ = ["scan_forward", "scan_forward_inplace", "scan_backward", "channel_block"]
 
 PREFETCH_DISTANCE = 16  # vertices; about the number of row misses the core can keep in flight
 _MIN_BLOCK = 16  # channels; narrower blocks waste most of each cache line they touch
@@ -159,6 +159,20 @@ def _forward(x, lam, order, parent, up, y, block, full, one):
             _up_pass(up[b], lam[b], order[b], parent[b], c0, c1)
 
 
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _forward_inplace(x, lam, order, parent, block, full, one):
+    # x becomes up, lam becomes y (full mode): the same passes as _forward minus the copies.
+    B, L, C = x.shape
+    nblk = (C + block - 1) // block
+    for job in prange(B * nblk):
+        b = job // nblk
+        c0 = (job % nblk) * block
+        c1 = min(c0 + block, C)
+        _up_pass(x[b], lam[b], order[b], parent[b], c0, c1)
+        if full:
+            _down_pass(x[b], lam[b], order[b], parent[b], c0, c1, one)
+
+
 @njit(cache=True, fastmath=_FASTMATH)
 def _decay_grad_full(up_g, up, y, z, lam, parent, root, c0, c1):
     """Overwrite up_g[v] with up_g[v] (y[p] - lam[v] up[v]) + up[v] (z[p] - lam[v] up_g[v]).
@@ -262,6 +276,17 @@ def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_
     _forward(_np(x), _np(decay), _np(order), _np(parent), up.numpy(), y.numpy(),
              channel_block(B, C), full, one)
     return y, up
+
+
+def scan_forward_inplace(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+                         level_offsets: Tensor, mode: str) -> Tensor:
+    """The forward scan using x and decay as its buffers: y is returned in decay's memory
+    (mode 'full') or x's (mode 'subtree'). Both must be contiguous and of the same dtype."""
+    B, L, C = x.shape
+    full = mode == "full"
+    _forward_inplace(x.numpy(), decay.numpy(), _np(order), _np(parent), channel_block(B, C),
+                     full, _one(x))
+    return decay if full else x
 
 
 def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,

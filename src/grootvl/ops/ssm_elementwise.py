@@ -1,10 +1,11 @@
 """The element-wise stages of a Tree SSM layer around the tree scan (DESIGN.md §4).
 
-    discretize:  Δ = softplus(dt),  u = Δ · B · x,  decay = exp(Δ · A)
+    discretize:  Δ = softplus(W_Δ dt + b_Δ),  u = Δ · B · x,  decay = exp(Δ · A)
     ssm_output:  out = LayerNorm_out(LayerNorm_h(h) · C + D · x) · silu(z)
 
-All of dt, x, h, z, u, decay are (B, L, D) channels-last; B and C are one number per position
-((B, L, 1), strided slices of the x_proj output are fine) and A, D one per channel.
+x, h, z, u, decay are (B, L, D) channels-last; dt is the rank-R input of the Δ projection
+(B, L, R); B and C are one number per position ((B, L, 1)); dt, B and C may be strided
+slices of the x_proj output. A, D and b_Δ have one value per channel.
 
 Composed from torch ops each stage is four to seven passes over (B, L, D) memory with a
 fresh allocation per intermediate. In the first stage of GrootV-T those are 16 MB each,
@@ -43,26 +44,33 @@ _ROWS_PER_CHUNK = 64
 
 
 @njit(cache=True, fastmath={"contract"})
-def _discretize_row(dt, x, b, a, u, decay, delta):
-    for k in range(dt.shape[0]):
-        delta[k] = softplus(dt[k])
-    for k in range(dt.shape[0]):
+def _discretize_row(dt, weight_t, bias, x, b, a, u, decay, delta):
+    # the Δ projection, a rank-R update per row: channels innermost, so it vectorises
+    for k in range(delta.shape[0]):
+        delta[k] = bias[k]
+    for r in range(dt.shape[0]):
+        w, d = weight_t[r], dt[r]
+        for k in range(delta.shape[0]):
+            delta[k] += w[k] * d
+    for k in range(delta.shape[0]):
+        delta[k] = softplus(delta[k])
+    for k in range(delta.shape[0]):
         u[k] = delta[k] * b * x[k]
         decay[k] = exp(delta[k] * a[k])
 
 
 @njit(cache=True, fastmath={"contract"})
-def _discretize_chunk(dt, x, b, a, u, decay, r0, r1):
-    delta = np.empty(dt.shape[1], dt.dtype)
+def _discretize_chunk(dt, weight_t, bias, x, b, a, u, decay, r0, r1):
+    delta = np.empty(x.shape[1], x.dtype)
     for i in range(r0, r1):
-        _discretize_row(dt[i], x[i], b[i], a, u[i], decay[i], delta)
+        _discretize_row(dt[i], weight_t, bias, x[i], b[i], a, u[i], decay[i], delta)
 
 
 @njit(parallel=True, cache=True)
-def _discretize_rows(dt, x, b, a, u, decay):
-    n = dt.shape[0]
+def _discretize_rows(dt, weight_t, bias, x, b, a, u, decay):
+    n = x.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
-        _discretize_chunk(dt, x, b, a, u, decay, j * _ROWS_PER_CHUNK,
+        _discretize_chunk(dt, weight_t, bias, x, b, a, u, decay, j * _ROWS_PER_CHUNK,
                           min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
@@ -158,28 +166,33 @@ def _numpy(*tensors: Tensor) -> list[np.ndarray]:
 
 # --------------------------------------------------------------------------- public ops
 
-def discretize(dt: Tensor, x: Tensor, b: Tensor, a: Tensor, impl: str = "torch",
-               inplace: bool = False) -> tuple[Tensor, Tensor]:
-    """(u, decay) = (softplus(dt) · b · x, exp(softplus(dt) · a)).
+def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Tensor,
+               a: Tensor, impl: str = "torch") -> tuple[Tensor, Tensor]:
+    """(u, decay) = (Δ · b · x, exp(Δ · a)) with Δ = softplus(dt @ dt_weight.T + dt_bias).
 
     Args:
-        dt: (..., D) Δ before the softplus (the Δ projection's output).
+        dt: (..., R) input of the Δ projection. dt_weight: (D, R). dt_bias: (D,).
         x: (..., D) scan input. b: (..., 1) input coefficient B. a: (D,) A (negative).
-        impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU inference).
-        inplace: ``impl="numba"`` only: write decay into dt's buffer.
+        impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU inference, without
+            materialising Δ).
     """
     _check_impl("discretize", impl)
     if impl == "torch":
-        delta = F.softplus(dt)
+        # contiguous: on a strided slice the matmul is several times slower (and the bias
+        # is added in a separate pass); the copy is only R values per position
+        delta = F.softplus(F.linear(dt.contiguous(), dt_weight, dt_bias))
         return delta * b * x, torch.mul(delta, a).exp()  # exp's backward needs only its output
-    _check_shapes("discretize", {"dt": dt, "x": x}, {"b": b}, {"a": a})
-    _check_numba("discretize", {"dt": dt, "x": x, "b": b, "a": a}, dt.dtype)
-    D = dt.shape[-1]
-    u = torch.empty(dt.shape, dtype=dt.dtype)
-    decay = dt if inplace else torch.empty(dt.shape, dtype=dt.dtype)
-    dt_rows = _rows(dt, D, "dt (inplace=True)") if inplace else _numpy(dt.reshape(-1, D))[0]
-    _discretize_rows(dt_rows, *_numpy(x.reshape(-1, D), b.reshape(-1), a), _rows(u, D, "u"),
-                     _rows(decay, D, "decay"))
+    D, R = dt_weight.shape
+    _check_shapes("discretize", {"x": x}, {"b": b}, {"a": a, "dt_bias": dt_bias})
+    if dt.shape != (*x.shape[:-1], R):
+        raise ValueError(f"discretize: dt must be (..., {R}) for a ({D}, {R}) dt_weight with x "
+                         f"{tuple(x.shape)}, got {tuple(dt.shape)}")
+    _check_numba("discretize", {"dt": dt, "dt_weight": dt_weight, "dt_bias": dt_bias, "x": x,
+                                "b": b, "a": a}, x.dtype)
+    u = torch.empty(x.shape, dtype=x.dtype)
+    decay = torch.empty(x.shape, dtype=x.dtype)
+    _discretize_rows(*_numpy(dt.reshape(-1, R), dt_weight.t(), dt_bias, x.reshape(-1, D),
+                             b.reshape(-1), a), _rows(u, D, "u"), _rows(decay, D, "decay"))
     return u, decay
 
 

@@ -143,6 +143,19 @@ def _backward(ctx, grad_y, grad_up):
 _tree_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("grootvl::tree_scan_inplace", mutates_args=("x", "decay"))
+def _tree_scan_inplace_op(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+                          level_offsets: Tensor, mode: str, impl: str) -> None:
+    """Forward only: y is left in decay (mode 'full') or x (mode 'subtree')."""
+    if x.numel():
+        _backend(impl).scan_forward_inplace(x, decay, order, parent, level_offsets, mode)
+
+
+@_tree_scan_inplace_op.register_fake
+def _(x, decay, order, parent, level_offsets, mode, impl):
+    return None
+
+
 # --------------------------------------------------------------------------- public API
 
 def _check_index(name: str, t: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
@@ -156,7 +169,7 @@ def _check_index(name: str, t: Tensor, shape: tuple[int, ...], device: torch.dev
 
 
 def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
-              impl: str | None = None) -> Tensor:
+              impl: str | None = None, overwrite_inputs: bool = False) -> Tensor:
     """Propagate ``x`` over ``tree`` with per-edge ``decay`` (DESIGN.md §2), in O(L) per channel.
 
     Args:
@@ -168,6 +181,10 @@ def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
             descendants and itself; causal for a tree rooted at the last token).
         impl: "reference" (dense O(L^2), tests only), "torch", "numba" (CPU) or "triton"
             (CUDA); None picks the fastest for x's device.
+        overwrite_inputs: allow the scan to use x's and decay's memory as its work space
+            (their contents are undefined afterwards, and the result may share memory with
+            one of them). Saves two (B, L, C) allocations and a copy pass; used by backends
+            that support it (numba) when no gradient is needed, ignored otherwise.
 
     Returns:
         (B, L, C) tensor in x's dtype. float16/bfloat16 inputs are computed in float32.
@@ -216,6 +233,12 @@ def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
     compute = torch.promote_types(out_dtype, torch.float32)
     if compute != out_dtype and _half_inputs(impl) and x.dtype == decay.dtype:
         compute = x.dtype  # the backend reads half precision itself and returns float32
+    if (overwrite_inputs and hasattr(_backend(impl), "scan_forward_inplace")
+            and x.dtype == decay.dtype == compute and x.is_contiguous() and decay.is_contiguous()
+            and not (torch.is_grad_enabled() and (x.requires_grad or decay.requires_grad))):
+        _tree_scan_inplace_op(x, decay, tree.order.contiguous(), tree.parent.contiguous(),
+                              tree.level_offsets.contiguous(), mode, impl)
+        return (decay if mode == "full" else x).to(out_dtype)
     y, _ = _tree_scan_op(x.to(compute).contiguous(), decay.to(compute).contiguous(),
                          tree.order.contiguous(), tree.parent.contiguous(),
                          tree.level_offsets.contiguous(), mode, impl)
