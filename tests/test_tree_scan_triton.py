@@ -57,12 +57,9 @@ def _max_err(a, b) -> float:
 
 
 def _worker() -> dict:
-    import importlib
-
     import torch
     from grootvl.ops import grid_tree, scan_reference, scan_triton, tree_scan
 
-    tree_scan_module = importlib.import_module("grootvl.ops.tree_scan")  # (name shadowed)
 
     gen = torch.Generator().manual_seed(0)
     cases = {
@@ -107,9 +104,8 @@ def _worker() -> dict:
     out["bf16_backend"] = {"dtype": str(y.dtype), "y": _max_err(y, y_ref),
                            "scale": y_ref.abs().max().item()}
 
-    # Through the public op (custom op + autograd), bf16 in -> bf16 out. The dispatcher only
-    # sends CUDA tensors to triton; under the interpreter CPU tensors are fine, so lift that.
-    tree_scan_module._CUDA_ONLY.discard("triton")
+    # Through the public op (custom op + autograd), bf16 in -> bf16 out; the public op takes
+    # CPU tensors for impl="triton" because TRITON_INTERPRET=1 is set.
     xr, dr = x.clone().requires_grad_(True), decay.clone().requires_grad_(True)
     y_pub = tree_scan(xr, dr, tree, "full", impl="triton")
     gy = torch.randn(y_pub.shape, generator=gen).bfloat16()
@@ -125,6 +121,11 @@ def _worker() -> dict:
 
     # Without the interpreter, CPU tensors must be refused with a message naming the fix.
     os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        tree_scan(x, decay, tree, "full", impl="triton")
+        out["public_cpu_refused"] = None
+    except ValueError as err:
+        out["public_cpu_refused"] = str(err)
     try:
         scan_triton.scan_forward(x, decay, *args, "full")
         out["cpu_refused"] = None
@@ -227,6 +228,7 @@ def test_public_op_bf16_in_bf16_out_with_gradients(results):
 def test_cpu_tensors_refused_without_interpreter(results):
     assert results["cpu_refused"] is not None
     assert "impl='numba'" in results["cpu_refused"]
+    assert "TRITON_INTERPRET=1" in results["public_cpu_refused"]
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

@@ -15,6 +15,7 @@ Each implementation is a backend module in this package exposing ``scan_forward`
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from types import ModuleType
 
@@ -77,6 +78,11 @@ def default_impl(device: torch.device) -> str:
                 warnings.warn(f"{err} Falling back to impl='torch' on CUDA, which is much "
                               "slower.", RuntimeWarning, stacklevel=3)
     return "torch"
+
+
+def _triton_interpreted(impl: str) -> bool:
+    """Triton's interpreter runs its kernels on CPU tensors (read at kernel definition)."""
+    return impl == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _half_inputs(impl: str) -> bool:
@@ -226,8 +232,10 @@ def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
                          "or None for the fastest on the device")
     if impl in _CPU_ONLY and x.device.type != "cpu":
         raise ValueError(f"tree_scan: impl={impl!r} runs on CPU only, but x is on {x.device}")
-    if impl in _CUDA_ONLY and x.device.type != "cuda":
-        raise ValueError(f"tree_scan: impl={impl!r} runs on CUDA only, but x is on {x.device}")
+    if impl in _CUDA_ONLY and x.device.type != "cuda" and not _triton_interpreted(impl):
+        raise ValueError(f"tree_scan: impl={impl!r} runs on CUDA only, but x is on {x.device} "
+                         "(on CPU it runs in Triton's interpreter when TRITON_INTERPRET=1 is set "
+                         "before Python starts; slow, for checking kernels)")
 
     out_dtype = torch.promote_types(x.dtype, decay.dtype)
     compute = torch.promote_types(out_dtype, torch.float32)
