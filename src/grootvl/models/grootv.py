@@ -60,6 +60,9 @@ class Stem(nn.Module):
         self.norm2 = nn.Sequential(Permute(0, 2, 3, 1), _layer_norm(out_chans))
 
     def forward(self, x: Tensor) -> Tensor:
+        # channels-last convolutions: the LayerNorms then see contiguous (B, H, W, C) views
+        # instead of copying the (large, full-resolution) activations into that layout
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
