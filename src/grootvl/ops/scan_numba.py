@@ -13,7 +13,9 @@ tree-order passes mostly hit cache, and each tree-order pass software-prefetches
 will touch PREFETCH_DISTANCE vertices ahead (the order is known in advance). Gradient terms
 that need no particular order are computed in vertex order.
 
-Memory: forward allocates y and up only (subtree: up only, returned as y). Backward allocates
+Memory: forward allocates y and up only (subtree: up only, returned as y);
+scan_forward_inplace (inference, tree_scan(overwrite_inputs=True)) uses x as up and decay
+as y and allocates nothing. Backward allocates
 grad_x and grad_decay only; grad_decay first holds the up pass of grad_y (up_g), and each
 vertex's decay gradient overwrites its own up_g entry once z = grad_x is complete. No scratch
 buffers.
@@ -140,10 +142,11 @@ def _down_pass(up, y, order, parent, c0, c1, one):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward(x, lam, order, parent, up, y, block, full, one):
+def _forward(x, lam, order, parent, up, y, block, full, one, copy_inputs):
     # The passes visit rows in tree order; a first sequential pass copies x into up and lam
     # into y, so the later random-order passes find their rows in cache (and y already
-    # allocated there) instead of waiting on memory row by row.
+    # allocated there) instead of waiting on memory row by row. Without copy_inputs, up is x
+    # and y is lam (full mode; the scan works in its inputs' memory).
     B, L, C = x.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
@@ -151,26 +154,14 @@ def _forward(x, lam, order, parent, up, y, block, full, one):
         c0 = (job % nblk) * block
         c1 = min(c0 + block, C)
         if full:
-            _copy_rows2(x[b], up[b], lam[b], y[b], c0, c1)
+            if copy_inputs:
+                _copy_rows2(x[b], up[b], lam[b], y[b], c0, c1)
             _up_pass(up[b], y[b], order[b], parent[b], c0, c1)
             _down_pass(up[b], y[b], order[b], parent[b], c0, c1, one)
         else:
-            _copy_rows(x[b], up[b], c0, c1)
+            if copy_inputs:
+                _copy_rows(x[b], up[b], c0, c1)
             _up_pass(up[b], lam[b], order[b], parent[b], c0, c1)
-
-
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward_inplace(x, lam, order, parent, block, full, one):
-    # x becomes up, lam becomes y (full mode): the same passes as _forward minus the copies.
-    B, L, C = x.shape
-    nblk = (C + block - 1) // block
-    for job in prange(B * nblk):
-        b = job // nblk
-        c0 = (job % nblk) * block
-        c1 = min(c0 + block, C)
-        _up_pass(x[b], lam[b], order[b], parent[b], c0, c1)
-        if full:
-            _down_pass(x[b], lam[b], order[b], parent[b], c0, c1, one)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -274,7 +265,7 @@ def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_
     up = torch.empty_like(x)
     y = torch.empty_like(x) if full else up
     _forward(_np(x), _np(decay), _np(order), _np(parent), up.numpy(), y.numpy(),
-             channel_block(B, C), full, one)
+             channel_block(B, C), full, one, True)
     return y, up
 
 
@@ -284,8 +275,8 @@ def scan_forward_inplace(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor
     (mode 'full') or x's (mode 'subtree'). Both must be contiguous and of the same dtype."""
     B, L, C = x.shape
     full = mode == "full"
-    _forward_inplace(x.numpy(), decay.numpy(), _np(order), _np(parent), channel_block(B, C),
-                     full, _one(x))
+    xa, lam = x.numpy(), decay.numpy()
+    _forward(xa, lam, _np(order), _np(parent), xa, lam, channel_block(B, C), full, _one(x), False)
     return decay if full else x
 
 
