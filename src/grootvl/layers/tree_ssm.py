@@ -11,6 +11,11 @@ are all (B, L, D) contiguous, which is what ``tree_scan`` wants, so the only lay
 are the depthwise convolution's (its output is produced in channels-last memory format, so
 viewing it back as (B, H, W, D) is free) and the copy ``grid_tree`` makes to compute edge
 costs in the original's reduction order.
+
+Two execution paths, same numbers: with autograd (training) or on GPU the element-wise stages
+are torch compositions (``impl="torch"`` of ``grootvl.ops.ssm_elementwise``); for CPU
+inference they are fused numba kernels, Δ is never materialised and the tree scan works in
+the memory of its inputs, which roughly halves the layer's non-matmul time on CPU.
 """
 from __future__ import annotations
 
