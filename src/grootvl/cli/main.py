@@ -4,12 +4,19 @@ Each sub-command module in ``SUBCOMMAND_MODULES`` exposes ``register(subparsers)
 adds its parser(s) and sets ``func`` (called with the parsed namespace, returning an exit
 code). Modules are imported only when the command line is parsed, so ``grootvl --help``
 stays fast even though training pulls in torch and timm.
+
+Most sub-commands wrap their ``func`` in ``grootvl.engine.errors.cli_command``; ``main``
+applies the same rule to every sub-command, so none can leak a traceback for a user
+mistake: a :class:`~grootvl.engine.errors.UserError` becomes ``grootvl COMMAND: error:
+MESSAGE`` on stderr and exit status 2. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from grootvl.engine.errors import UserError
 
 SUBCOMMAND_MODULES = [
     "grootvl.cli.train",      # train, eval, demo
@@ -37,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"grootvl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
