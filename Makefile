@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_ops.py
 	$(PY) benchmarks/bench_models.py
+
+# Needs a CUDA GPU: Triton kernel correctness, then the GPU speed figures (about 5 min on an
+# H100). Dry run of every code path on CPU (tiny shapes, Triton interpreter):
+#   make gpu-check GPU_CHECK_ARGS="--device cpu --interpret"
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
