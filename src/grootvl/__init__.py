@@ -9,9 +9,9 @@ import sys
 
 # Must happen before torch (and its OpenMP runtime) is loaded: the runtime reads the variable
 # once, at start-up. By default idle OpenMP workers busy-wait for a while after each parallel
-# region; torch's pool and numba's pool then spin against each other for the few cores of a
-# small machine (on 2-core machines several-fold slowdowns were measured). PASSIVE makes idle
-# workers sleep. A value the user set is kept; once torch is imported it is too late to
+# region; torch's pool and numba's pool, which take turns in every Tree SSM layer, can then
+# spin against each other for the few cores of a small machine. PASSIVE makes idle workers
+# sleep. A value the user set is kept; once torch is imported it is too late to
 # matter, so the environment is then left alone.
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
