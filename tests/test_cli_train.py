@@ -180,3 +180,25 @@ def test_bad_options(data, capsys):
     _fails(capsys, ["train", "--data", str(data), *TINY, "--set", "optim.lrate=1"], "optim.lrate")
     _fails(capsys, ["train", "--data", str(data), *TINY, "--model", "resnet_18"], "not a timm model")
     _fails(capsys, ["train", "--data", str(data), *TINY, "--batch-size", "64"], "lower --batch-size")
+
+
+def test_eval_rebuilds_the_model_with_the_checkpoints_kwargs(data, tmp_path, capsys):
+    # channel_multiplier changes every layer's width: eval must read it from the checkpoint
+    out = tmp_path / "wide"
+    assert main(["train", "--data", str(data), "--output", str(out), *TINY, "--epochs", "1",
+                 "--limit-train-steps", "1", "--no-ema",
+                 "--set", "model.kwargs={channel_multiplier: 1.5}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data", str(data),
+                 "--workers", "0", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"] == "test_efficientnet" and result["model_kwargs"] == {"channel_multiplier": 1.5}
+    assert result["top1"] == pytest.approx(_end(out)["best_top1"])
+
+    # a checkpoint whose config lost its model section cannot be rebuilt: say so
+    ckpt = torch.load(out / "best.pth", weights_only=True)
+    del ckpt["config"]["model"]
+    torch.save(ckpt, tmp_path / "no_model_config.pth")
+    _fails(capsys, ["eval", "--checkpoint", str(tmp_path / "no_model_config.pth"), "--data",
+                    str(data), "--workers", "0", "--device", "cpu"],
+           "no_model_config.pth", "model.name", "--model")

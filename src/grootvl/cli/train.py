@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from grootvl.engine.errors import cli_command
+from grootvl.engine.errors import UserError, cli_command
 
 TRAIN_EPILOG = """\
 Every config key can be overridden: --set optim.base_lr=1e-3 --set aug.mixup=0 (values are
@@ -141,7 +141,8 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--data", required=True, help="folder of class sub-folders, or one holding SPLIT/")
     p.add_argument("--split", default="val", help="sub-folder used when DIR has one (default: val)")
     p.add_argument("--model", help="timm model name (default: the one the checkpoint was trained as, "
-                   "else grootv_tiny)")
+                   "with its model.kwargs; grootv_tiny for a checkpoint without a config, such as "
+                   "an original release)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--img-size", type=int, help="default: the checkpoint's config, else 224")
@@ -162,18 +163,18 @@ def run_eval(args) -> int:
     from grootvl.engine.amp import resolve_amp
     from grootvl.engine.checkpoint import read_checkpoint_meta
     from grootvl.engine.classification import evaluate
-    from grootvl.engine.config import load_config_file
+    from grootvl.engine.config import deep_merge, load_config_file
     from grootvl.engine.progress import Progress, print_json_result
     from grootvl.engine.weights import create_model, load_weights
 
     ckpt = read_checkpoint_meta(args.checkpoint)
-    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else load_config_file("grootv_tiny")
+    name, model_kwargs = eval_model_spec(ckpt, args.model, args.checkpoint)
+    cfg = deep_merge(load_config_file("grootv_tiny"), ckpt.get("config") or {})
     dcfg = dict(cfg["data"])
     for key, value in (("img_size", args.img_size), ("crop_pct", args.crop_pct),
                        ("in_chans", args.in_chans)):
         if value is not None:
             dcfg[key] = value
-    name = args.model or ckpt.get("arch") or "grootv_tiny"
     root = Path(args.data)
     if (root / args.split).is_dir():
         root = root / args.split
@@ -184,7 +185,7 @@ def run_eval(args) -> int:
                                 transform=build_transform(dcfg, cfg["aug"], is_training=False))
         if ckpt.get("classes"):  # use the class indices the model was trained with
             ds.remap_classes(ckpt["classes"])
-        model = create_model(name, len(ds.classes), dcfg["in_chans"])
+        model = create_model(name, len(ds.classes), dcfg["in_chans"], **model_kwargs)
         load_weights(model, args.checkpoint, use_ema=args.use_ema, model_name=name)
         model.to(env.device)
         loader = torch.utils.data.DataLoader(
@@ -197,10 +198,36 @@ def run_eval(args) -> int:
     finally:
         D.teardown_distributed()
     if env.is_main:
-        result = {"checkpoint": str(args.checkpoint), "model": name, "ema": args.use_ema,
+        result = {"checkpoint": str(args.checkpoint), "model": name, "model_kwargs": model_kwargs,
+                  "ema": args.use_ema,
                   "data": str(root), **metrics}
         print_json_result(result, args.json_out)
     return 0
+
+
+def eval_model_spec(meta: dict, model: str | None, checkpoint) -> tuple[str, dict]:
+    """``(model name, model kwargs)`` to rebuild the model a checkpoint was trained as.
+
+    ``meta`` is :func:`~grootvl.engine.checkpoint.read_checkpoint_meta`'s result. A checkpoint
+    of ``grootvl train`` carries its config: its ``model.name`` and ``model.kwargs`` are used
+    (``--model`` naming another architecture gets that architecture's defaults). One without a
+    config (an original release, a bare state dict) is ``--model`` or grootv_tiny, with defaults.
+    """
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return model or "grootv_tiny", {}
+    saved = config.get("model")
+    complete = (isinstance(saved, dict) and saved.get("name")
+                and isinstance(saved.get("kwargs", {}), (dict, type(None))))
+    if not complete:
+        if model:
+            return model, {}
+        raise UserError(f"--checkpoint {checkpoint}: its saved config lacks model.name / "
+                        "model.kwargs, so the model it was trained as cannot be rebuilt; pass "
+                        "--model NAME to evaluate it as NAME with default options")
+    if model and model != saved["name"]:
+        return model, {}
+    return saved["name"], dict(saved.get("kwargs") or {})
 
 
 # --------------------------------------------------------------------------------------- demo
