@@ -199,3 +199,36 @@ def test_cpu_threads_is_scoped():
     with pytest.raises(UserError, match="train.threads"):
         with cpu_threads(-2):
             pass
+
+
+# ------------------------------------------------------------------- model.init_checkpoint
+
+def _init_cfg(path):
+    cfg = load_config_file("grootv_tiny")
+    cfg["model"].update(name="test_efficientnet", init_checkpoint=str(path))
+    return cfg
+
+
+def test_init_checkpoint_with_another_class_count_gets_a_new_classifier(tmp_path, caplog):
+    import timm
+
+    from grootvl.engine.trainer import build_model
+
+    release = timm.create_model("test_efficientnet", num_classes=1000).state_dict()
+    torch.save({"model": release, "epoch": 299}, tmp_path / "release.pth")  # release layout
+    with caplog.at_level("INFO"):
+        model = build_model(_init_cfg(tmp_path / "release.pth"), num_classes=10)
+    state = model.state_dict()
+    assert state["classifier.weight"].shape[0] == 10
+    assert all(torch.equal(state[k], v) for k, v in release.items() if not k.startswith("classifier."))
+    assert "dropped classifier.weight, classifier.bias" in caplog.text and "10 classes" in caplog.text
+
+    caplog.clear()  # a classifier that fits is loaded, silently
+    model = build_model(_init_cfg(tmp_path / "release.pth"), num_classes=1000)
+    assert torch.equal(model.state_dict()["classifier.weight"], release["classifier.weight"])
+    assert "dropped" not in caplog.text
+
+    del release["conv_stem.weight"]  # everything but the classifier stays strict
+    torch.save({"model": release}, tmp_path / "broken.pth")
+    with pytest.raises(UserError, match="conv_stem.weight"):
+        build_model(_init_cfg(tmp_path / "broken.pth"), num_classes=10)

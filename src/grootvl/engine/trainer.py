@@ -6,6 +6,7 @@ single process or under ``torchrun`` (one process per device), for any timm mode
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .seeding import get_rng_state, seed_everything, set_rng_state
 from .weights import create_model, load_weights
 
 LOG_FILE = "log.jsonl"
+_log = logging.getLogger(__name__)
 
 
 def scaled_lrs(cfg: dict, world_size: int) -> dict[str, float]:
@@ -141,6 +143,26 @@ def param_checksum(model: torch.nn.Module) -> float:
         return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
+def build_model(cfg: dict, num_classes: int, log: bool = True) -> torch.nn.Module:
+    """The ``model`` section's model, initialised from ``model.init_checkpoint`` if set.
+
+    The initial checkpoint (ours or an original release) must fit strictly, except its
+    classifier: one for another number of classes is dropped, with a log line, and the
+    model's own freshly initialised classifier is trained instead.
+    """
+    mcfg = cfg["model"]
+    model = create_model(mcfg["name"], num_classes, cfg["data"]["in_chans"], mcfg["drop_path_rate"],
+                         **(mcfg["kwargs"] or {}))
+    if mcfg["init_checkpoint"]:
+        dropped = load_weights(model, mcfg["init_checkpoint"], model_name=mcfg["name"],
+                               new_classifier=True)
+        if dropped and log:
+            _log.info("model.init_checkpoint %s: its classifier does not fit %d classes; dropped "
+                      "%s and re-initialised the model's classifier", mcfg["init_checkpoint"],
+                      num_classes, ", ".join(dropped))
+    return model
+
+
 def run_training(cfg: dict, output: str | Path, resume: str | None = None,
                  crash_at_step: int | None = None) -> dict:
     """Train ``cfg`` writing checkpoints and ``log.jsonl`` to ``output``; returns the summary."""
@@ -162,11 +184,8 @@ def _run(cfg, output: Path, resume, crash_at_step, env: D.DistEnv) -> dict:
     if mixup is not None and tcfg["batch_size"] % 2:
         raise UserError(f"mixup/cutmix needs an even --batch-size (got {tcfg['batch_size']}); "
                         "or disable them with --set aug.mixup=0 --set aug.cutmix=0")
+    bare = build_model(cfg, num_classes, log=env.is_main)
     mcfg = cfg["model"]
-    bare = create_model(mcfg["name"], num_classes, cfg["data"]["in_chans"], mcfg["drop_path_rate"],
-                        **(mcfg["kwargs"] or {}))
-    if mcfg["init_checkpoint"]:
-        load_weights(bare, mcfg["init_checkpoint"], model_name=mcfg["name"])
     if tcfg["grad_checkpointing"]:
         bare.set_grad_checkpointing(True)
     if tcfg["sync_bn"] and env.distributed:

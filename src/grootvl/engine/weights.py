@@ -34,16 +34,21 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, drop_path_rate:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False,
-                 model_name: str = "the model") -> None:
+                 model_name: str = "the model", new_classifier: bool = False) -> list[str]:
     """Load a checkpoint's weights (ours or the original GrootV release format) into ``model``.
 
     Uses :func:`grootvl.load_checkpoint` (strict, safe unpickling); any mismatch becomes a
     :class:`UserError` naming the architecture the checkpoint was saved from, when known.
+    With ``new_classifier``, a classifier whose keys or shapes do not fit ``model`` (e.g. a
+    1000-class release fine-tuned on 10 classes) is dropped and ``model`` keeps its own freshly
+    initialised one; every other key stays strict. Returns the dropped checkpoint keys.
     """
-    from grootvl import load_checkpoint
+    from grootvl.checkpoint import load_checkpoint, read_state_dict
 
     try:
-        load_checkpoint(model, str(path), use_ema=use_ema)
+        state, _ = read_state_dict(str(path), use_ema=use_ema)
+        dropped = _unfitting_classifier_keys(model, state) if new_classifier else []
+        load_checkpoint(model, state, reset_classifier=bool(dropped))
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except (RuntimeError, ValueError, TypeError, KeyError, pickle.UnpicklingError, OSError) as exc:
@@ -52,3 +57,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = Fals
         raise UserError(f"checkpoint {path} does not fit {model_name}{made_for}: {exc}\n"
                         "Pick the matching --model (and number of classes), or another "
                         "checkpoint.") from exc
+    return dropped
+
+
+def _unfitting_classifier_keys(model: nn.Module, state: dict) -> list[str]:
+    """All the checkpoint's classifier keys if any of them is absent from ``model`` or shaped
+    otherwise (the classifier is replaced as a whole), else none."""
+    prefix = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")) + "."
+    target = model.state_dict()
+    head = [k for k in state if k.startswith(prefix)]
+    if any(k not in target or target[k].shape != state[k].shape for k in head):
+        return head
+    return []
