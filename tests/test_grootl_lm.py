@@ -145,3 +145,38 @@ def test_demo_data_is_offline_and_split_by_topic():
     assert all(e["output"].endswith((".", "!", "?")) for e in train + heldout)
     table = format_table([{"model": "Mamba", "heldout_loss": 1.0, "heldout_ppl": 2.718, "finetune_s": None}])
     assert "| Mamba | 1.0000 | 2.72 | - |" in table
+
+
+# ------------------------------------------------------------------------- user errors
+
+def _user_error(capsys, argv: list[str], *needles: str) -> str:
+    from grootvl.cli.main import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_missing_paths_and_empty_data_are_user_errors(model_dir, tmp_path, capsys):
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(EXAMPLES))
+    out = str(tmp_path / "out")
+    nowhere = str(tmp_path / "nowhere")
+    _user_error(capsys, ["lm-finetune", "--model", nowhere, "--data", str(data), "--output-dir", out],
+                "grootvl lm-finetune: error: --model", nowhere, "config.json")
+    _user_error(capsys, ["lm-finetune", "--model", str(model_dir), "--data", nowhere, "--output-dir", out],
+                "--data", nowhere)
+    data.write_text("[]")
+    _user_error(capsys, ["lm-finetune", "--model", str(model_dir), "--data", str(data), "--output-dir", out],
+                "--data", str(data), "no example")
+    data.write_text(json.dumps([{"instruction": "x" * 600, "output": "y"}]))
+    _user_error(capsys, ["lm-finetune", "--model", str(model_dir), "--data", str(data), "--output-dir", out,
+                         "--max-length", "16"], "--max-length 16")
+    _user_error(capsys, ["lm-merge", "--base", nowhere, "--adapter", str(model_dir), "--output-dir", out],
+                "grootvl lm-merge: error: --base", nowhere)
+    _user_error(capsys, ["lm-merge", "--base", str(model_dir), "--adapter", nowhere, "--output-dir", out],
+                "--adapter", nowhere, "lm-finetune")

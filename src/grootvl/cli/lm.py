@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..engine.errors import UserError
+
 GROOTL_ADAPTER_FILE = "grootl_adapter.json"
 
 
@@ -72,17 +74,49 @@ def _load_tokenizer(path: str):
     return tokenizer
 
 
+def _require_dir(flag: str, path: str, marker: str, fix: str) -> None:
+    """A ``UserError`` naming ``flag`` unless ``path`` is a folder holding ``marker``: the
+    commands take local folders only, and transformers would treat anything else as a Hub id."""
+    if not Path(path).is_dir():
+        raise UserError(f"{flag} {path}: no such folder; {fix}")
+    if not (Path(path) / marker).is_file():
+        raise UserError(f"{flag} {path}: the folder has no {marker}; {fix}")
+
+
+_MODEL_FIX = ("pass a local MambaForCausalLM folder (config.json, weights and tokenizer files, as "
+              "written by save_pretrained); nothing is downloaded")
+
+
+def _load_examples(args: argparse.Namespace, tokenizer) -> list:
+    from ..grootl.finetune import load_alpaca, tokenize_alpaca
+
+    try:
+        examples = load_alpaca(args.data)
+    except FileNotFoundError:
+        raise UserError(f"--data {args.data}: no such file; pass an Alpaca-format JSON list or "
+                        "JSON-lines file (instruction, input, output)") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # bad JSON or missing fields
+        raise UserError(f"--data {args.data}: not Alpaca-format JSON ({exc})") from exc
+    if not examples:
+        raise UserError(f"--data {args.data}: the file holds no example; it needs a JSON list or "
+                        "JSON lines of {\"instruction\", \"input\", \"output\"} objects")
+    rows = tokenize_alpaca(examples, tokenizer, args.max_length)
+    if not rows:
+        raise UserError(f"--data {args.data}: none of its {len(examples)} examples keeps a response "
+                        f"token within --max-length {args.max_length}; raise --max-length or "
+                        "shorten the prompts")
+    return rows
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     from transformers import MambaForCausalLM
 
     from ..grootl import enable_tree_scanning
-    from ..grootl.finetune import (bf16_supported, load_alpaca, lora_config, tokenize_alpaca, train_lora,
-                                   training_arguments)
+    from ..grootl.finetune import bf16_supported, lora_config, train_lora, training_arguments
 
+    _require_dir("--model", args.model, "config.json", _MODEL_FIX)
     tokenizer = _load_tokenizer(args.model)
-    rows = tokenize_alpaca(load_alpaca(args.data), tokenizer, args.max_length)
-    if not rows:
-        raise SystemExit(f"--data {args.data}: no example keeps a response token within --max-length {args.max_length}")
+    rows = _load_examples(args, tokenizer)
     bf16 = {"auto": bf16_supported(), "yes": True, "no": False}[args.bf16]
     training = training_arguments(
         args.output_dir, extra_args=args.trainer_args, learning_rate=args.lr, warmup_steps=args.warmup_steps,
@@ -108,6 +142,10 @@ def run_merge(args: argparse.Namespace) -> int:
     from ..grootl import enable_tree_scanning
     from ..grootl.finetune import load_adapter, merge_lora
 
+    _require_dir("--base", args.base, "config.json", "pass the local MambaForCausalLM folder the adapter "
+                 "was trained on (the --model of lm-finetune); nothing is downloaded")
+    _require_dir("--adapter", args.adapter, "adapter_config.json",
+                 "pass the --output-dir of a finished grootvl lm-finetune run")
     settings_file = Path(args.adapter) / GROOTL_ADAPTER_FILE
     saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     tree_scale = args.tree_scale if args.tree_scale is not None else saved.get("tree_scale")
