@@ -132,12 +132,17 @@ class TreeSSM(nn.Module):
         # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
         # temporary is a fresh allocation (and page faults) otherwise, which costs about
         # as much as the element-wise op itself on CPU.
-        x_in = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
-        y, tree = self._scan_path(x_in.permute(0, 2, 3, 1), z, tree)  # conv kept channels-last
+        xs = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
+        # conv kept channels-last; x_in is dead now and may hold u
+        y, tree = self._scan_path(xs.permute(0, 2, 3, 1), z, tree, spare=x_in)
         return self.out_proj(y), tree
 
-    def _scan_path(self, xs: Tensor, z: Tensor, tree: Tree | None) -> tuple[Tensor, Tree]:
-        """The selective scan over the tree, in float32, gated by z: (B, H, W, D) -> same."""
+    def _scan_path(self, xs: Tensor, z: Tensor, tree: Tree | None, spare: Tensor
+                   ) -> tuple[Tensor, Tree]:
+        """The selective scan over the tree, in float32, gated by z: (B, H, W, D) -> same.
+
+        ``spare``: a dead (B, H, W, D) temporary that the CPU inference path writes u into.
+        """
         batch, height, width, d_inner = xs.shape
         compute = torch.float64 if xs.dtype == torch.float64 else torch.float32
         # Inference on the CPU runs the element-wise stages as fused numba kernels; not while
@@ -151,8 +156,10 @@ class TreeSSM(nn.Module):
             x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
             dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
             a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
+            reuse = fused and spare.dtype == compute and spare.is_contiguous()
             u, decay = discretize(dt, self.dt_projs_weight[0].to(compute),
-                                  self.dt_projs_bias[0].to(compute), xs, b_in, a, impl=impl)
+                                  self.dt_projs_bias[0].to(compute), xs, b_in, a, impl=impl,
+                                  u_out=spare.view(xs.shape) if reuse else None)
             if tree is None:
                 guide = xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2)
                 tree = grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl)

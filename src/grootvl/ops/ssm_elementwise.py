@@ -27,6 +27,8 @@ from ._vecmath_numba import exp, silu, softplus
 __all__ = ["discretize", "ssm_output"]
 
 IMPLS = ("torch", "numba")
+# error_model="numpy" (x / 0 gives inf, as in torch): numba's default Python error model
+# checks every division for zero, and that branch stops LLVM from vectorising the loop.
 # reassoc lets LLVM vectorise the LayerNorm sums (the result then depends on the vector
 # width, never on the thread count: each row is summed by one thread).
 _FASTMATH = {"contract", "reassoc", "nsz"}
@@ -43,7 +45,7 @@ _FASTMATH = {"contract", "reassoc", "nsz"}
 _ROWS_PER_CHUNK = 64
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _discretize_row(dt, weight_t, bias, x, b, a, u, decay, delta):
     # the Δ projection, a rank-R update per row: channels innermost, so it vectorises
     for k in range(delta.shape[0]):
@@ -59,14 +61,14 @@ def _discretize_row(dt, weight_t, bias, x, b, a, u, decay, delta):
         decay[k] = exp(delta[k] * a[k])
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _discretize_chunk(dt, weight_t, bias, x, b, a, u, decay, r0, r1):
     delta = np.empty(x.shape[1], x.dtype)
     for i in range(r0, r1):
         _discretize_row(dt[i], weight_t, bias, x[i], b[i], a, u[i], decay[i], delta)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _discretize_rows(dt, weight_t, bias, x, b, a, u, decay):
     n = x.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
@@ -74,7 +76,7 @@ def _discretize_rows(dt, weight_t, bias, x, b, a, u, decay):
                           min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _mean_rstd(row, eps):
     # constants in the row's dtype: a Python int or float would promote float32 math to float64
     real = row.dtype.type
@@ -90,7 +92,7 @@ def _mean_rstd(row, eps):
     return mean, real(1) / np.sqrt(sq / n + real(eps))
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _output_row(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, y):
     m1, r1 = _mean_rstd(h, eps1)
     for k in range(h.shape[0]):
@@ -100,14 +102,14 @@ def _output_row(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, y):
         out[k] = ((y[k] - m2) * r2 * w2[k] + b2[k]) * silu(z[k])
 
 
-@njit(cache=True, fastmath=_FASTMATH)
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _output_chunk(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, r0, r1):
     y = np.empty(h.shape[1], h.dtype)
     for i in range(r0, r1):
         _output_row(h[i], c[i], x[i], z[i], skip, w1, b1, eps1, w2, b2, eps2, out[i], y)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _output_rows(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out):
     n = h.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
@@ -167,7 +169,8 @@ def _numpy(*tensors: Tensor) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- public ops
 
 def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Tensor,
-               a: Tensor, impl: str = "torch") -> tuple[Tensor, Tensor]:
+               a: Tensor, impl: str = "torch", u_out: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
     """(u, decay) = (Δ · b · x, exp(Δ · a)) with Δ = softplus(dt @ dt_weight.T + dt_bias).
 
     Args:
@@ -175,6 +178,9 @@ def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Ten
         x: (..., D) scan input. b: (..., 1) input coefficient B. a: (D,) A (negative).
         impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU inference, without
             materialising Δ).
+        u_out: where ``impl="numba"`` writes u, e.g. a dead temporary of x's shape: a fresh
+            buffer of this size costs a page fault per 4 KiB on first touch, about as much
+            as the kernel itself.
     """
     _check_impl("discretize", impl)
     if impl == "torch":
@@ -189,7 +195,7 @@ def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Ten
                          f"{tuple(x.shape)}, got {tuple(dt.shape)}")
     _check_numba("discretize", {"dt": dt, "dt_weight": dt_weight, "dt_bias": dt_bias, "x": x,
                                 "b": b, "a": a}, x.dtype)
-    u = torch.empty(x.shape, dtype=x.dtype)
+    u = torch.empty(x.shape, dtype=x.dtype) if u_out is None else u_out
     decay = torch.empty(x.shape, dtype=x.dtype)
     _discretize_rows(*_numpy(dt.reshape(-1, R), dt_weight.t(), dt_bias, x.reshape(-1, D),
                              b.reshape(-1), a), _rows(u, D, "u"), _rows(decay, D, "decay"))
