@@ -51,8 +51,14 @@ def test_numba_matches_torch_with_strided_coefficients(dtype, tol):
         torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
-def test_numba_writes_into_the_given_buffer():
-    out_args, _ = _inputs(torch.float64)
+def test_numba_writes_into_the_given_buffers():
+    out_args, disc_args = _inputs(torch.float64)
+    expected_u, expected_decay = discretize(**disc_args)
+    spare = torch.full_like(disc_args["x"], float("nan"))
+    u, decay = discretize(**disc_args, impl="numba", u_out=spare)
+    assert u is spare
+    torch.testing.assert_close(u, expected_u, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(decay, expected_decay, rtol=1e-12, atol=1e-12)
     expected = ssm_output(**out_args)
     h = out_args["h"]
     assert ssm_output(**out_args, impl="numba", out=h) is h
