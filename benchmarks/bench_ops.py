@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import grootvl  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP
 import torch
-
 from grootvl.ops import grid_tree, tree_scan
 
 
