@@ -55,7 +55,7 @@ import grootvl  # noqa: E402,F401  (registers the GrootV models with timm)
 from grootvl.ops import (bfs_tree, grid_edges, grid_tree, minimum_spanning_tree,  # noqa: E402
                          tree_scan)
 from grootvl.ops import scan_numba, scan_triton  # noqa: E402
-from grootvl.ops.tree import grid_edge_costs  # noqa: E402
+from grootvl.ops.tree import grid_edge_costs, random_tree_edges  # noqa: E402
 
 DEVICE = torch.device(ARGS.device)
 DRY = DEVICE.type == "cpu"
@@ -71,14 +71,6 @@ MODEL = dict(train_batch=2, infer_batch=2, image=64, warmup=1, reps=2) if DRY el
 OP_REPS, OP_WARMUP = (2, 1) if DRY else (20, 5)
 SWEEP = [(8, 8, 1), (16, 8, 1)] if DRY else \
     [(16, 16, 1), (16, 32, 2), (32, 16, 2), (32, 32, 4), (64, 16, 4), (64, 32, 4), (32, 64, 4)]
-
-
-def _allow_triton_on_cpu() -> None:
-    """The dispatcher sends only CUDA tensors to triton; the interpreter runs them on CPU."""
-    import importlib
-
-    cuda_only = getattr(importlib.import_module("grootvl.ops.tree_scan"), "_CUDA_ONLY", set())
-    cuda_only.discard("triton")
 
 
 def _elapsed() -> float:
@@ -166,13 +158,8 @@ def medians(fns: dict, reps: int = OP_REPS, warmup: int = OP_WARMUP) -> dict[str
 
 def random_tree(batch: int, num_vertices: int, generator: torch.Generator):
     """Random recursive trees (wide levels: several tiles per level) via the device BFS."""
-    rows = []
-    for _ in range(batch):
-        label = torch.randperm(num_vertices, generator=generator)
-        child = torch.arange(1, num_vertices)
-        parent = (torch.rand(num_vertices - 1, generator=generator) * child).long()
-        rows.append(torch.stack([label[child], label[parent]], dim=1))
-    return bfs_tree(torch.stack(rows).to(DEVICE), num_vertices, root=0, impl="torch")
+    edges = random_tree_edges(batch, num_vertices, generator)
+    return bfs_tree(edges.to(DEVICE), num_vertices, root=0, impl="torch")
 
 
 def scan_inputs(B: int, L: int, C: int, generator: torch.Generator):
@@ -404,7 +391,6 @@ def main() -> int:
         if not ARGS.interpret:
             print("--device cpu needs --interpret (the Triton kernels run in the interpreter)")
             return 2
-        _allow_triton_on_cpu()
         RESULTS["device"] = "cpu (dry run, Triton interpreter)"
     print(f"device: {RESULTS['device']}; torch {torch.__version__}; "
           f"triton {__import__('triton').__version__}")

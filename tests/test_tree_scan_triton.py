@@ -26,16 +26,10 @@ WORKER_TIMEOUT_S = 240
 
 def _random_tree(batch: int, num_vertices: int, root: int, generator):
     """A uniformly relabelled random recursive tree per row, rooted at ``root``."""
-    import torch
     from grootvl.ops import bfs_tree
+    from grootvl.ops.tree import random_tree_edges
 
-    rows = []
-    for _ in range(batch):
-        label = torch.randperm(num_vertices, generator=generator)
-        child = torch.arange(1, num_vertices)
-        parent = (torch.rand(num_vertices - 1, generator=generator) * child).long()
-        rows.append(torch.stack([label[child], label[parent]], dim=1))
-    return bfs_tree(torch.stack(rows), num_vertices, root=root)
+    return bfs_tree(random_tree_edges(batch, num_vertices, generator), num_vertices, root=root)
 
 
 def _shuffle_levels(tree, generator):

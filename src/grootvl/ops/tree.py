@@ -196,6 +196,23 @@ def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | N
     return Tree(order, parent, level_offsets)
 
 
+def random_tree_edges(batch: int, num_vertices: int,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """(batch, V-1, 2) edges of random recursive trees, uniformly relabelled (CPU, int64).
+
+    Each vertex attaches to a uniformly chosen earlier one, so the trees have wide
+    breadth-first levels; for tests and benchmarks of code that must work on any tree
+    (``bfs_tree(random_tree_edges(...), V)`` roots them).
+    """
+    rows = []
+    for _ in range(batch):
+        label = torch.randperm(num_vertices, generator=generator)
+        child = torch.arange(1, num_vertices)
+        parent = (torch.rand(num_vertices - 1, generator=generator) * child).long()
+        rows.append(torch.stack([label[child], label[parent]], dim=1))
+    return torch.stack(rows)
+
+
 def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> Tensor:
     """Float32 costs (B, E) of the ``grid_edges(H, W)`` of a guide (B, C, H, W).
 
