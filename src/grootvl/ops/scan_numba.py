@@ -141,6 +141,13 @@ def _down_pass(up, y, order, parent, c0, c1, one):
             yv[k] = uv[k] * (one - lv * lv) + lv * yp[k]
 
 
+@njit(cache=True)
+def _job(job, nblk, block, C):
+    """Job -> (batch row, first channel, end channel): nblk channel blocks per row."""
+    c0 = (job % nblk) * block
+    return job // nblk, c0, min(c0 + block, C)
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward(x, lam, order, parent, up, y, block, full, one, copy_inputs):
     # The passes visit rows in tree order; a first sequential pass copies x into up and lam
@@ -150,9 +157,7 @@ def _forward(x, lam, order, parent, up, y, block, full, one, copy_inputs):
     B, L, C = x.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
-        b = job // nblk
-        c0 = (job % nblk) * block
-        c1 = min(c0 + block, C)
+        b, c0, c1 = _job(job, nblk, block, C)
         if full:
             if copy_inputs:
                 _copy_rows2(x[b], up[b], lam[b], y[b], c0, c1)
@@ -189,9 +194,7 @@ def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
     B, L, C = g.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
-        b = job // nblk
-        c0 = (job % nblk) * block
-        c1 = min(c0 + block, C)
+        b, c0, c1 = _job(job, nblk, block, C)
         # up_g is held in grad_lam; z = S g (the down pass of up_g) is grad_x, which holds
         # lam until the down pass overwrites it.
         _copy_rows2(g[b], grad_lam[b], lam[b], grad_x[b], c0, c1)
@@ -233,9 +236,7 @@ def _backward_subtree(g, lam, order, parent, up, grad_x, grad_lam, block):
     B, L, C = g.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
-        b = job // nblk
-        c0 = (job % nblk) * block
-        c1 = min(c0 + block, C)
+        b, c0, c1 = _job(job, nblk, block, C)
         _copy_rows2(g[b], grad_x[b], lam[b], grad_lam[b], c0, c1)
         _subtree_down_pass(grad_x[b], grad_lam[b], order[b], c0, c1, parent[b])
         _decay_grad_subtree(grad_x[b], up[b], grad_lam[b], parent[b], order[b, 0], c0, c1)
