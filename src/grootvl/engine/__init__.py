@@ -1,6 +1,6 @@
 """The training engine: one loop for every task, and the machinery around it.
 
-It knows no model family (GrootV or otherwise) and no task: a task plugs in its data, model,
+It knows no model family and no task: a task plugs in its data, model,
 loss and metrics (:class:`~.task.Task`; ``grootvl.tasks`` has classification, detection and
 segmentation).
 

@@ -45,7 +45,7 @@ class ConfigSection(BaseModel):
 # ------------------------------------------------------------------------------ files
 
 def packaged_config_names(package: str) -> list[str]:
-    """Names accepted by ``--config`` without a path (e.g. ``grootv_tiny``)."""
+    """Names accepted by ``--config`` without a path: the YAML files in ``package``."""
     root = resources.files(package)
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
@@ -184,27 +184,33 @@ def _validate(schema: type[M], values: dict, origins: dict[str, str]) -> M:
 
 
 def _origin(parts: list[str], origins: dict[str, str]) -> str:
+    """Where the value at ``parts`` came from: the layer that set it or a section above it,
+    else the layers that set keys below it (a whole-section check), else the default."""
     for end in range(len(parts), 0, -1):
         found = origins.get(".".join(parts[:end]))
         if found:
             return found
-    return DEFAULT
+    prefix = ".".join(parts) + "."
+    below = sorted({origin for key, origin in origins.items() if key.startswith(prefix)})
+    return ", ".join(below) if below else DEFAULT
 
 
 def _describe(error: dict, schema: type[BaseModel], origins: dict[str, str]) -> str:
-    """One readable sentence for one pydantic error."""
+    """One readable sentence for one pydantic error: key, value, what is allowed, origin."""
     parts = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+    if error["type"] == "missing" and parts and parts[-1].isdigit():  # a tuple too short
+        index = parts.pop()
+        error = {**error, "msg": f"too few values (no item {index})"}
     key = ".".join(parts)
     origin = _origin(parts, origins)
     if error["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, _leaf_keys(schema), n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         return f"{origin}: unknown config key {key!r}{hint}"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")  # a schema validator's own words
     message = message[0].lower() + message[1:]
-    if error["type"] == "value_error":  # raised by a schema validator: its own words
-        message = message.removeprefix("value error, ")
-        return f"{key or 'config'}: {message} (from {origin})"
+    if isinstance(error.get("input"), Mapping):
+        return f"{key or 'config'}: {message} (from {origin})"  # a check of a whole section
     return f"{key} = {error['input']!r} (from {origin}): {message}"
 
 

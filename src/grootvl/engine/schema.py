@@ -1,11 +1,12 @@
 """The config sections the training loop reads: ``optim``, ``sched``, ``ema``, ``train``.
 
-Defaults are the GrootV ImageNet-1K recipe (docs/design.md, "GrootV"); the detection and
-segmentation configs override them. A run config (``grootvl.tasks.RunConfig``) holds these
+Defaults are the project's ImageNet-1K classification recipe (docs/design.md, "Package
+layers"); the detection and segmentation configs override them. A run config (``grootvl.tasks.RunConfig``) holds these
 four sections next to the task's own (``model``, ``data``...).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Protocol
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
@@ -24,11 +25,11 @@ class OptimConfig(ConfigSection):
         512, description="lr scales linearly with the total batch (batch_size x processes x "
         "accum_steps) / this; null: base_lr as given")
     weight_decay: NonNegativeFloat = Field(
-        0.05, description="not applied to 1-D tensors (norms, biases) nor to the model's "
-        "no_weight_decay() (GrootV: A_logs, Ds)")
+        0.05, description="not applied to 1-D tensors (norms, biases) nor to the names the "
+        "model's no_weight_decay() lists")
     layer_decay: float | None = Field(
-        None, gt=0.0, le=1.0, description="layer-wise lr decay per layer of the model's "
-        "group_matcher (GrootV: per block, counted from the last); null: off")
+        None, gt=0.0, le=1.0, description="layer-wise lr decay: layer i of n (the model's "
+        "group_matcher()) trains at layer_decay ** (n - 1 - i) of the lr; null: off")
     eps: PositiveFloat = Field(1e-8, description="Adam-type optimizers")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam-type optimizers")
     momentum: NonNegativeFloat = Field(0.9, description="sgd only")
@@ -46,7 +47,7 @@ class OptimConfig(ConfigSection):
             import difflib
 
             close = difflib.get_close_matches(name.lower(), known, n=3)
-            raise ValueError(f"{name!r} is not a timm optimizer"
+            raise ValueError("not a timm optimizer"
                              + (f"; did you mean {' or '.join(close)}?" if close else ""))
         return name
 
@@ -54,7 +55,7 @@ class OptimConfig(ConfigSection):
     @classmethod
     def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
         if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"optim.betas must lie in [0, 1), got {list(betas)}")
+            raise ValueError("both must lie in [0, 1)")
         return betas
 
 
@@ -74,8 +75,8 @@ class SchedConfig(ConfigSection):
     @model_validator(mode="after")
     def _steps_need_per_step_schedule(self):
         if self.warmup_steps is not None and self.step_on_epochs:
-            raise ValueError("sched.warmup_steps counts optimizer steps: it needs "
-                             "sched.step_on_epochs false (or use sched.warmup_epochs)")
+            raise ValueError("warmup_steps counts optimizer steps: it needs step_on_epochs "
+                             "false (or use warmup_epochs)")
         return self
 
 
@@ -95,8 +96,7 @@ class TrainConfig(ConfigSection):
     sync_bn: bool = Field(False, description="synchronise BatchNorm over processes (CUDA)")
     seed: NonNegativeInt = Field(0, description="each process uses seed + rank")
     deterministic: bool = Field(False, description="deterministic kernels (slower)")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: PositiveInt | None = Field(
         None, description="CPU threads for torch and numba per process; null: default")
     limit_train_steps: PositiveInt | None = Field(
@@ -105,6 +105,14 @@ class TrainConfig(ConfigSection):
     log_every: PositiveInt = Field(50, description="steps between JSON-line / progress records")
     progress: Literal["auto", "bar", "log", "none"] = Field(
         "auto", description="auto: a bar on a terminal, log lines otherwise")
+
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return device
 
 
 class EngineConfig(Protocol):

@@ -6,7 +6,7 @@
 A snapshot is written to a temporary file in the same folder, flushed to disk and then
 renamed over the target with ``os.replace`` (atomic on POSIX and Windows), so a run killed
 at any moment leaves either the previous file or the new one, never a truncated one.
-The dict layout follows the released GrootV checkpoints (``model``, ``model_ema``,
+The dict layout follows the usual release checkpoints (``model``, ``model_ema``,
 ``optimizer``, ``lr_scheduler``, ``epoch``) plus what exact resumption needs (``scaler``,
 ``rng``, ``global_step``), the run's ``config``, its ``task``, the best value of the task's
 primary metric (``best_metric``, ``best_ema_metric``) and the task's own entries (e.g.
