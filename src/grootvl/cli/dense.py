@@ -120,18 +120,16 @@ def register(subparsers) -> None:
     _train_options(p, "maskrcnn_1x", DET_FLAGS)
     p.set_defaults(func=cli_command("det-train")(_trainer(DET_FLAGS)))
 
-    p = subparsers.add_parser("det-eval", help="COCO box/mask AP of a det-train checkpoint",
-                              description="Evaluate a det-train checkpoint with COCOeval (bbox and "
-                              "segm); prints and writes the metrics as JSON (percent).",
-                              epilog=DET_EPILOG, formatter_class=fmt)
-    p.add_argument("--checkpoint", required=True, help="last.pth or best.pth of a det-train run")
-    g = p.add_argument_group("data (COCO format)")
+    p, g = _eval_parser(subparsers, "det-eval", "det-train", "data (COCO format)",
+                        help="COCO box/mask AP of a det-train checkpoint",
+                        description="Evaluate a det-train checkpoint with COCOeval (bbox and "
+                        "segm); prints and writes the metrics as JSON (percent).",
+                        epilog=DET_EPILOG)
     g.add_argument("--data", help="COCO root (holds SPLIT/ and annotations/instances_SPLIT.json)")
     g.add_argument("--val-split", default="val2017", help="default: %(default)s")
     g.add_argument("--val-images", help="image folder (default: DATA/SPLIT)")
     g.add_argument("--val-ann", help="instances JSON (default: DATA/annotations/instances_SPLIT.json)")
     p.add_argument("--batch-size", type=int, default=1)
-    _eval_options(p)
     p.set_defaults(func=cli_command("det-eval")(run_det_eval))
 
     p = subparsers.add_parser("seg-train", help="train GrootV UperNet on ADE20K-format data",
@@ -142,17 +140,15 @@ def register(subparsers) -> None:
     _train_options(p, "upernet_ade", SEG_FLAGS)
     p.set_defaults(func=cli_command("seg-train")(_trainer(SEG_FLAGS)))
 
-    p = subparsers.add_parser("seg-eval", help="mIoU / pixel accuracy of a seg-train checkpoint",
-                              description="Single-scale evaluation of a seg-train checkpoint; "
-                              "prints and writes mIoU, mAcc, aAcc and per-class IoU (percent).",
-                              epilog=SEG_EPILOG, formatter_class=fmt)
-    p.add_argument("--checkpoint", required=True, help="last.pth or best.pth of a seg-train run")
-    g = p.add_argument_group("data (ADE20K format)")
+    p, g = _eval_parser(subparsers, "seg-eval", "seg-train", "data (ADE20K format)",
+                        help="mIoU / pixel accuracy of a seg-train checkpoint",
+                        description="Single-scale evaluation of a seg-train checkpoint; prints "
+                        "and writes mIoU, mAcc, aAcc and per-class IoU (percent).",
+                        epilog=SEG_EPILOG)
     g.add_argument("--data", required=True, help="root holding images/ and annotations/")
     g.add_argument("--val-split", default="validation", help="default: %(default)s")
     g.add_argument("--scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
                    help="base image scale (default: the checkpoint's)")
-    _eval_options(p)
     p.set_defaults(func=cli_command("seg-eval")(run_seg_eval))
 
 
@@ -164,13 +160,21 @@ def _train_options(p, default_config: str, flags: list[Flag]) -> None:
     add_flags(p.add_argument_group("shortcuts for config keys"), flags)
 
 
-def _eval_options(p) -> None:
+def _eval_parser(subparsers, name: str, train_command: str, data_title: str, **parser_args):
+    """A ``*-eval`` parser with ``--checkpoint`` and the evaluation options; returns it and
+    its (empty) data argument group."""
+    p = subparsers.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              **parser_args)
+    p.add_argument("--checkpoint", required=True,
+                   help=f"last.pth or best.pth of a {train_command} run")
+    data = p.add_argument_group(data_title)
     g = p.add_argument_group("evaluation")
     g.add_argument("--output", help="metrics JSON (default: eval_<split>.json by the checkpoint)")
     g.add_argument("--workers", type=int, default=2, help="data loader processes per rank")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
     g.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
+    return p, data
 
 
 # ------------------------------------------------------------------------------- commands
