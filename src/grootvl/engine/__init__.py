@@ -4,7 +4,8 @@ It knows no model family and no task: a task plugs in its data, model,
 loss and metrics (:class:`~.task.Task`; ``grootvl.tasks`` has classification, detection and
 segmentation).
 
-* :mod:`.loop`        -- :func:`run_training` and :func:`evaluate`
+* :mod:`.loop`        -- :func:`run_training`, the loop
+* :mod:`.evaluation`  -- :func:`evaluate`: a task's metrics of a model, all processes
 * :mod:`.task`        -- the :class:`Task` protocol, :class:`Batch`, :class:`Evaluator`
 * :mod:`.schema`      -- the ``optim``, ``sched``, ``ema`` and ``train`` config sections
 * :mod:`.config`      -- typed configs from YAML files, ``--set`` overrides and flags
@@ -23,7 +24,8 @@ from .amp import AmpSettings, autocast, make_grad_scaler, resolve_amp
 from .config import ConfigSection, build_config, config_from_dict, dump_config, parse_override
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, barrier, broadcast_object,
                           init_distributed, teardown_distributed)
-from .loop import evaluate, run_training
+from .evaluation import evaluate
+from .loop import run_training
 from .metrics import MetricSums
 from .progress import JsonlLogger, Progress, read_jsonl
 from .sampling import ShardSampler

@@ -1,4 +1,4 @@
-"""The training loop of every task: :func:`run_training`, and :func:`evaluate` on its own.
+"""The training loop of every task: :func:`run_training`.
 
 It works in a single process or under ``torchrun`` (one process per device) and knows no
 model family: a :class:`~.task.Task` supplies data, model, loss and metrics. The loop owns
@@ -31,6 +31,7 @@ from ..errors import UserError
 from . import distributed as D
 from .amp import AmpSettings, autocast, make_grad_scaler, resolve_amp
 from .config import dump_config
+from .evaluation import evaluate, sync_buffers
 from .metrics import MetricSums
 from .optim import build_optimizer, build_scheduler, scaled_lrs
 from .progress import JsonlLogger, Progress
@@ -40,7 +41,7 @@ from .seeding import get_rng_state, seed_everything, set_rng_state
 from .snapshots import SnapshotManager, load_snapshot
 from .task import Task
 
-__all__ = ["LOG_FILE", "METRICS_FILE", "NonFiniteLossError", "evaluate", "run_training"]
+__all__ = ["LOG_FILE", "METRICS_FILE", "NonFiniteLossError", "run_training"]
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
@@ -70,7 +71,7 @@ class _Parts:
 
 
 @dataclass
-class _Progress:
+class _RunState:
     """What a run has done so far (saved in every snapshot)."""
 
     epoch: int = 0                      # next epoch to train
@@ -143,7 +144,7 @@ def _run(task: Task, cfg: EngineConfig, output: Path, resume, crash_at_step, env
     val_loader = eval_loader(val_ds, task.eval_batch_size, env, _workers(cfg), _pin_memory(cfg),
                              task.collate_fn)
     snapshots = SnapshotManager(output)
-    run = _Progress()
+    run = _RunState()
     logger = JsonlLogger(output / LOG_FILE if env.is_main else None)
     resume_path = snapshots.find_resume(resume)
     if resume_path is not None:
@@ -200,7 +201,7 @@ def _run(task: Task, cfg: EngineConfig, output: Path, resume, crash_at_step, env
     return summary
 
 
-def _train_epoch(parts: _Parts, loader, epoch: int, run: _Progress, progress: Progress,
+def _train_epoch(parts: _Parts, loader, epoch: int, run: _RunState, progress: Progress,
                  logger: JsonlLogger) -> dict:
     """One pass over ``loader`` (at most ``steps_per_epoch`` optimizer steps).
 
@@ -294,7 +295,7 @@ def _optimizer_step(parts: _Parts):
 def _validate(parts: _Parts, val_loader, record: dict, output: Path, epoch: int, step: int) -> None:
     """Evaluate the model (and its EMA) into ``record``; ``metrics.json`` on the main process."""
     cfg, env = parts.cfg, parts.env
-    _sync_buffers(parts.bare)
+    sync_buffers(parts.bare)
     options = dict(max_steps=cfg.train.limit_val_steps, progress_mode=cfg.train.progress,
                    log_every=cfg.train.log_every)
     metrics = evaluate(parts.task, parts.model, val_loader, env, parts.amp, **options)
@@ -307,43 +308,6 @@ def _validate(parts: _Parts, val_loader, record: dict, output: Path, epoch: int,
                                                       indent=2))
 
 
-def _sync_buffers(model: nn.Module) -> None:
-    """Every process takes process 0's buffers (BatchNorm statistics) before evaluating.
-
-    DDP broadcasts buffers at the start of each forward, so after the last training step
-    each process holds its own statistics; without this, processes would evaluate slightly
-    different models, and not the one saved in the snapshot (process 0's).
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
-@torch.no_grad()
-def evaluate(task: Task, model: nn.Module, loader, env: D.DistEnv, amp: AmpSettings,
-             max_steps: int | None = None, progress_mode: str = "auto",
-             log_every: int = 50) -> dict:
-    """``task``'s metrics of ``model`` over ``loader`` (this process's shard), reduced over
-    all processes: every process returns the same dict."""
-    model.eval()
-    evaluator = task.evaluator(env.device)
-    steps = min(len(loader), max_steps or len(loader))
-    progress = Progress(steps, f"{task.name} eval", progress_mode, log_every, enabled=env.is_main)
-    try:
-        for step, raw in enumerate(loader):
-            if step >= steps:
-                break
-            batch = task.prepare_batch(raw, env.device, training=False)
-            with autocast(amp):
-                evaluator.update(model, batch)
-            progress.update(batch.size * env.world_size)
-    finally:
-        progress.close()
-    return evaluator.compute()
-
-
 def _metric(metrics: dict, dotted: str) -> float:
     value = metrics
     for key in dotted.split("."):
@@ -351,7 +315,7 @@ def _metric(metrics: dict, dotted: str) -> float:
     return float(value)
 
 
-def _update_best(run: _Progress, record: dict, metric: str) -> tuple[bool, bool]:
+def _update_best(run: _RunState, record: dict, metric: str) -> tuple[bool, bool]:
     """Track the best primary metric of the model and of its EMA (the same on every
     process); returns whether each improved in this epoch's ``record``."""
     improved = []
@@ -368,7 +332,7 @@ def _update_best(run: _Progress, record: dict, metric: str) -> tuple[bool, bool]
     return improved[0], improved[1]
 
 
-def _save_epoch(parts: _Parts, run: _Progress, epoch: int, rngs, improved: tuple[bool, bool],
+def _save_epoch(parts: _Parts, run: _RunState, epoch: int, rngs, improved: tuple[bool, bool],
                 snapshots: SnapshotManager) -> None:
     """best.pth / ema_best.pth on improvement, then last.pth (the resume point) last."""
     task = parts.task
@@ -390,7 +354,7 @@ def _save_epoch(parts: _Parts, run: _Progress, epoch: int, rngs, improved: tuple
     })
 
 
-def _resume(path: Path, parts: _Parts, run: _Progress) -> None:
+def _resume(path: Path, parts: _Parts, run: _RunState) -> None:
     snapshot = load_snapshot(path)
     task = parts.task
     saved_task = snapshot.get("task", "classification")  # snapshots before tasks were recorded

@@ -18,7 +18,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ..data import ImageFolderDataset, build_transform
 from ..engine import distributed as D
 from ..engine.amp import resolve_amp
-from ..engine.loop import evaluate
+from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
 from ..engine.snapshots import read_snapshot_meta
 from ..engine.task import Batch

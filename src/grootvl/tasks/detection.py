@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..data import CocoInstances, collate_detection
 from ..engine import distributed as D
 from ..engine.amp import resolve_amp
-from ..engine.loop import evaluate
+from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
 from ..engine.task import Batch
 from ..errors import UserError

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..data import IGNORE_INDEX, ADESegmentation
 from ..engine import distributed as D
 from ..engine.amp import resolve_amp
-from ..engine.loop import evaluate
+from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
 from ..engine.task import Batch
 from ..errors import UserError
