@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import signal
@@ -45,7 +44,6 @@ __all__ = ["LOG_FILE", "METRICS_FILE", "NonFiniteLossError", "run_training"]
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
-_log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -102,7 +100,7 @@ def _build(task: Task, cfg: EngineConfig, env: D.DistEnv, crash_at_step):
     amp = resolve_amp(tcfg.amp, env.device)
     train_ds, val_ds = task.datasets()
     loader = train_loader(train_ds, tcfg.batch_size, cfg.optim.accum_steps, tcfg.seed, env,
-                          _workers(cfg), _pin_memory(cfg), task.collate_fn)
+                          cfg.data.num_workers, cfg.data.pin_memory, task.collate_fn)
     bare = task.build_model(log=env.is_main)
     if tcfg.grad_checkpointing:
         if not hasattr(bare, "set_grad_checkpointing"):
@@ -130,19 +128,10 @@ def _build(task: Task, cfg: EngineConfig, env: D.DistEnv, crash_at_step):
     return parts, loader, train_ds, val_ds, lrs
 
 
-def _workers(cfg) -> int:
-    data = getattr(cfg, "data", None)
-    return getattr(data, "num_workers", 0)
-
-
-def _pin_memory(cfg) -> bool:
-    return bool(getattr(getattr(cfg, "data", None), "pin_memory", True))
-
-
 def _run(task: Task, cfg: EngineConfig, output: Path, resume, crash_at_step, env) -> dict:
     parts, loader, train_ds, val_ds, lrs = _build(task, cfg, env, crash_at_step)
-    val_loader = eval_loader(val_ds, task.eval_batch_size, env, _workers(cfg), _pin_memory(cfg),
-                             task.collate_fn)
+    val_loader = eval_loader(val_ds, task.eval_batch_size, env, cfg.data.num_workers,
+                             cfg.data.pin_memory, task.collate_fn)
     snapshots = SnapshotManager(output)
     run = _RunState()
     logger = JsonlLogger(output / LOG_FILE if env.is_main else None)

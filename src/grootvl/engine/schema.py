@@ -115,9 +115,18 @@ class TrainConfig(ConfigSection):
         return device
 
 
-class EngineConfig(Protocol):
-    """What the loop needs of a run config: these four sections, and ``model_dump``."""
+class LoaderSettings(Protocol):
+    """The data loader settings the loop reads from a run config's ``data`` section."""
 
+    num_workers: int
+    pin_memory: bool
+
+
+class EngineConfig(Protocol):
+    """What the loop needs of a run config: these four sections, the loader settings of
+    ``data``, and ``model_dump``."""
+
+    data: LoaderSettings
     optim: OptimConfig
     sched: SchedConfig
     ema: EmaConfig
