@@ -13,6 +13,7 @@ import grootvl  # noqa: F401  (registers the timm models)
 from grootvl.layers import ROOTS, TOPOLOGIES, TreeSSM
 from grootvl.models import GrootV
 from grootvl.ops import Tree, grid_chain, grid_tree
+from test_tree_scan import _one_torch_thread  # noqa: F401  (autouse: one torch thread)
 
 # Every option the ablations compare: each topology from all roots, the single roots on the
 # tree, the other edge costs, and the causal raster scan.
@@ -22,15 +23,6 @@ VARIANTS = [dict(topology=t) for t in TOPOLOGIES] + [
     dict(topology="random", root="last"),
 ]
 IDS = ["-".join(f"{v}" for v in variant.values()) for variant in VARIANTS]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny shapes: intra-op threads only wait on each other on the shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def layer_for(variant: dict, d_model: int = 8, seed: int = 0, **kwargs) -> TreeSSM:

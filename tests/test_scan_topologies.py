@@ -243,3 +243,19 @@ def test_every_cost_and_root_gives_the_same_spanning_tree_on_every_path(monkeypa
             assert torch.equal(tree.parent, trees["torch"].parent), name
         if root:  # the same tree as rooted at 0, only oriented towards the other root
             assert edge_set(trees["torch"].parent[0]) == edge_set(grid_tree(guide, cost=cost).parent[0])
+
+
+def test_chains_and_random_trees_compile_without_graph_breaks():
+    def scans(x, decay):
+        causal = grid_chain(3, 4, x.shape[0], root=11)
+        random = random_grid_tree(x.shape[0], 3, 4, root=11)
+        return tree_scan(x, decay, causal, "subtree"), tree_scan(x, decay, random, "subtree")
+
+    x, decay = torch.randn(2, 12, 3), torch.rand(2, 12, 3)
+    compiled = torch.compile(scans, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(0)
+    got = compiled(x, decay)
+    torch.manual_seed(0)
+    want = scans(x, decay)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

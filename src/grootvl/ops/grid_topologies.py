@@ -15,8 +15,6 @@ both scan modes serve them.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -39,22 +37,21 @@ def _check_batch(batch: int) -> None:
         raise ValueError(f"batch must be an int >= 0, got {batch!r}")
 
 
-def _chain_sequence(height: int, width: int, major: str) -> Tensor:
+def _chain_sequence(height: int, width: int, major: str, device: torch.device) -> Tensor:
     """(H*W,) vertex ids in chain order: ``arange`` for ``"row"``; for ``"column"`` the
     pixels column by column, each column top to bottom."""
-    ids = torch.arange(height * width)
+    ids = torch.arange(height * width, device=device)
     return ids if major == "row" else ids.view(height, width).t().reshape(-1)
 
 
-@functools.lru_cache(maxsize=64)
 def _chain(height: int, width: int, major: str, root: int, device: torch.device) -> Tree:
-    """One chain (batch 1), rooted at vertex ``root``; built with a few vectorised ops."""
+    """One chain (batch 1) rooted at vertex ``root``: a few tensor ops of static shapes and no
+    data-dependent step, so ``torch.compile`` traces it without a graph break."""
     length = height * width
-    sequence = _chain_sequence(height, width, major)
-    position = torch.empty_like(sequence)
-    position[sequence] = torch.arange(length)
-    k = int(position[root])  # the root's place along the chain
-    steps = torch.arange(length)
+    sequence = _chain_sequence(height, width, major, device)
+    row, col = divmod(root, width)
+    k = root if major == "row" else col * height + row  # the root's place along the chain
+    steps = torch.arange(length, device=device)
     depth = (steps - k).abs()
     # Breadth-first: by distance from the root along the chain (ties: earlier place first).
     order = sequence[torch.sort(depth, stable=True).indices]
@@ -62,9 +59,27 @@ def _chain(height: int, width: int, major: str, root: int, device: torch.device)
     toward_root = torch.where(steps > k, steps - 1, steps + 1).clamp(0, length - 1)
     parent = torch.empty_like(sequence)
     parent[sequence] = torch.where(steps == k, -1, sequence[toward_root])
-    counts = torch.bincount(depth, minlength=max(k, length - 1 - k) + 1)
-    level_offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-    return Tree(order[None].to(device), parent[None].to(device), level_offsets[None].to(device))
+    # Level d holds the vertices d places before and after the root that exist.
+    d = torch.arange(1, max(k, length - 1 - k) + 1, device=device)
+    counts = (k - d >= 0).long() + (k + d < length).long()
+    level_offsets = torch.cat([torch.tensor([0, 1], device=device), 1 + counts.cumsum(0)])
+    return Tree(order[None], parent[None], level_offsets[None])
+
+
+_CHAINS: dict[tuple, Tree] = {}
+_MAX_CACHED_CHAINS = 64
+
+
+def _cached_chain(height: int, width: int, major: str, root: int, device: torch.device) -> Tree:
+    if torch.compiler.is_compiling():
+        return _chain(height, width, major, root, device)  # part of the compiled graph
+    key = (height, width, major, root, device)
+    tree = _CHAINS.get(key)
+    if tree is None:
+        if len(_CHAINS) >= _MAX_CACHED_CHAINS:
+            _CHAINS.clear()
+        tree = _CHAINS[key] = _chain(height, width, major, root, device)
+    return tree
 
 
 def grid_chain(height: int, width: int, batch: int = 1, *, major: str = "row", root: int = 0,
@@ -94,7 +109,7 @@ def grid_chain(height: int, width: int, batch: int = 1, *, major: str = "row", r
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    one = _chain(height, width, major, root, device)
+    one = _cached_chain(height, width, major, root, device)
     return Tree(one.order.expand(batch, -1), one.parent.expand(batch, -1),
                 one.level_offsets.expand(batch, -1))
 
