@@ -4,8 +4,8 @@ A selective state space layer whose state propagates over a minimum spanning tre
 pixel grid instead of a 1-D sequence. For ablations the same layer can scan other graphs
 (a raster chain, row and column chains, a random spanning tree) from one root or all
 (docs/design.md, "Scan topologies"); the graphs are built in ``grootvl.ops``, the layer only
-selects them and sums the scans of ``"cross"``. Parameter names and shapes are those of the released
-GrootV checkpoints (``in_proj``, ``conv2d``, ``x_proj_weight``, ``dt_projs_weight``,
+selects them and sums the scans of ``"cross"``. Parameter names and shapes are those of the
+released GrootV checkpoints (``in_proj``, ``conv2d``, ``x_proj_weight``, ``dt_projs_weight``,
 ``dt_projs_bias``, ``A_logs``, ``Ds``, ``out_norm``, ``h_norm``, ``out_proj``), so their
 state dicts load unchanged.
 
@@ -54,7 +54,8 @@ class TreeSSM(nn.Module):
         tree_cost: edge cost of the spanning tree of ``topology="tree"``: ``"cosine"``
             (GrootV), ``"l2"`` (squared Euclidean) or ``"l1"`` (Manhattan).
         scan_impl: ``tree_scan`` implementation (``None``: fastest for the device).
-        tree_impl: tree construction implementation (``None``: fastest for the device).
+        tree_impl: implementation of the MSTs of ``"tree"`` and ``"random"``: ``"numba"``
+            (CPU), ``"torch"`` or ``None`` (fastest for the device).
         topology: the graph the state propagates over (docs/design.md, "Scan topologies"):
             ``"tree"`` (the minimum spanning tree of the guide features, as GrootV);
             ``"raster"`` (the row-major chain, pixel i linked to pixel i + 1, as a 1-D Mamba

@@ -21,8 +21,7 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from ..checkpoint import checkpoint_filter_fn, load_pretrained_into
-from ..layers import TreeSSM
-from ..layers.tree_ssm import Trees
+from ..layers import TreeSSM, Trees
 
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
 
