@@ -195,7 +195,8 @@ def run_flops(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # fvcore's tracer warnings are noise here
         report = count_flops_params(model, (args.in_chans, args.img_size, args.img_size))
-    fields = {k: v for k, v in dataclasses.asdict(report).items() if k != "layer_shapes"}
+    fields = {k: v for k, v in dataclasses.asdict(report).items()
+              if k not in ("layer_shapes", "layer_options")}
     print(report.summary(), file=sys.stderr)
     print_json_result({"model": args.model, **fields}, args.json_out)
     return 0

@@ -30,13 +30,14 @@ from .metrics import MetricSums
 from .progress import JsonlLogger, Progress, read_jsonl
 from .sampling import ShardSampler
 from .seeding import get_rng_state, seed_everything, set_rng_state
-from .snapshots import SnapshotManager, atomic_save, load_snapshot, read_snapshot_meta, unwrap_model
+from .snapshots import (SnapshotManager, atomic_save, atomic_write_text, load_snapshot,
+                        read_snapshot_meta, unwrap_model)
 from .task import Batch, Evaluator, Task
 
 __all__ = [
     "AmpSettings", "Batch", "ConfigSection", "DistEnv", "Evaluator", "JsonlLogger", "MetricSums",
     "Progress", "ShardSampler", "SnapshotManager", "Task", "all_gather_object", "all_reduce_sum",
-    "atomic_save", "autocast", "barrier", "broadcast_object", "build_config", "config_from_dict",
+    "atomic_save", "atomic_write_text", "autocast", "barrier", "broadcast_object", "build_config", "config_from_dict",
     "dump_config", "evaluate", "get_rng_state", "init_distributed", "load_snapshot",
     "make_grad_scaler", "parse_override", "read_jsonl", "read_snapshot_meta", "resolve_amp",
     "run_training", "seed_everything", "set_rng_state", "teardown_distributed", "unwrap_model",

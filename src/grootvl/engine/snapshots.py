@@ -32,12 +32,22 @@ _STATE_KEYS = ("model", "model_ema", "optimizer", "lr_scheduler", "scaler", "rng
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` so that readers never see a partial file."""
+    return _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` so that readers never see a partial file."""
+    return _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def _atomic_write(path: str | os.PathLike, mode: str, write) -> Path:
+    """Write to a temporary file beside ``path``, flush it to disk, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

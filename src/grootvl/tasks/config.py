@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..data import GENERATED
 from ..engine.config import ConfigSection, build_config, config_from_dict
 from ..engine.schema import EmaConfig, OptimConfig, SchedConfig, TrainConfig
 
@@ -71,6 +72,23 @@ class AugConfig(ConfigSection):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="0: off")
 
 
+class GeneratedConfig(ConfigSection):
+    name: Literal[GENERATED] | None = Field(
+        None, description="classification: train and validate on a data set generated in "
+        "memory instead of the folder data.path: digits (scikit-learn's, 8x8 upsampled to "
+        "data.img_size) | pathfinder (the long-range task, data.img_size pixels); grey images "
+        "used as they are (aug's transforms, mixup and cutmix off; aug.label_smoothing "
+        "applies); null: read data.path")
+    train_images: PositiveInt | None = Field(
+        None, description="training images (digits: the first ones of 1437, null: all)")
+    val_images: PositiveInt | None = Field(
+        None, description="validation images (digits: the first ones of 360, null: all)")
+    seed: NonNegativeInt = Field(0, description="the data set's seed (digits: its split)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="generator keyword arguments (pathfinder: the "
+        "difficulty knobs of grootvl.data.pathfinder)")
+
+
 class DetectionConfig(ConfigSection):
     train_images: str | None = Field(None, description="null: DATA/train_split")
     train_ann: str | None = Field(
@@ -102,6 +120,8 @@ class RunConfig(ConfigSection):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     aug: AugConfig = Field(default_factory=AugConfig, description="classification only")
+    generated: GeneratedConfig = Field(default_factory=GeneratedConfig,
+                                       description="classification only")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     sched: SchedConfig = Field(default_factory=SchedConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)
