@@ -9,7 +9,7 @@ from .ade import IGNORE_INDEX, ADESegmentation
 from .coco import CocoInstances, collate_detection, load_coco_json
 from .digits import digits_arrays, prepare_digits_folder
 from .folder import IMAGE_EXTENSIONS, ImageFolderDataset, find_classes
-from .generated import GENERATED, ArrayImageDataset, generated_datasets
+from .generated import GENERATED, ArrayImageDataset, check_generated, generated_datasets
 from .synthetic import SHAPE_NAMES, make_ade_shapes, make_coco_shapes
 from .transforms import build_transform
 
@@ -23,6 +23,7 @@ __all__ = [
     "ImageFolderDataset",
     "SHAPE_NAMES",
     "build_transform",
+    "check_generated",
     "collate_detection",
     "digits_arrays",
     "find_classes",

@@ -9,6 +9,7 @@ trained in memory evaluates on the written folder to the same accuracy.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from ..errors import UserError
 from .digits import digits_arrays
 
-__all__ = ["GENERATED", "ArrayImageDataset", "generated_datasets"]
+__all__ = ["GENERATED", "ArrayImageDataset", "check_generated", "generated_datasets"]
 
 GENERATED = ("digits", "pathfinder")
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
@@ -56,31 +57,44 @@ class ArrayImageDataset(torch.utils.data.Dataset):
         return (image - self.mean) / self.std, int(self.labels[index]), 0
 
 
-def _digits(size: int, train_images: int | None, val_images: int | None, seed: int,
-            options: dict) -> tuple:
+def _digits_counts() -> tuple[int, int]:
+    """(training, validation) images of :func:`digits_arrays`' default split."""
+    from sklearn.datasets import load_digits
+
+    total = len(load_digits().target)
+    val = math.ceil(0.2 * total)  # train_test_split's rounding of test_size=0.2
+    return total - val, val
+
+
+def _check_digits(size, train_images, val_images, seed, options) -> None:
     if options:
         raise UserError(f"generated.options = {options}: the digits take no options; set "
-                        "generated.options={{}}")
-    train_x, train_y, val_x, val_y = digits_arrays(size, seed=seed)
-    for key, wanted, available in (("generated.train_images", train_images, len(train_x)),
-                                   ("generated.val_images", val_images, len(val_x))):
+                        "generated.options={}")
+    for key, wanted, available in zip(("generated.train_images", "generated.val_images"),
+                                      (train_images, val_images), _digits_counts()):
         if wanted is not None and wanted > available:
             raise UserError(f"{key} = {wanted}: the digits have {available} such images; use "
                             f"at most {available} or null (all)")
-    train_n = train_images or len(train_x)
-    val_n = val_images or len(val_x)
+
+
+def _digits(size, train_images, val_images, seed, options) -> tuple:
+    train_x, train_y, val_x, val_y = digits_arrays(size, seed=seed)
+    train_n, val_n = train_images or len(train_x), val_images or len(val_x)
     return train_x[:train_n], train_y[:train_n], val_x[:val_n], val_y[:val_n], DIGITS_CLASSES
 
 
-def _pathfinder(size: int, train_images: int | None, val_images: int | None, seed: int,
-                options: dict) -> tuple:
-    from .pathfinder import CLASS_NAMES, pathfinder
-
+def _check_pathfinder(size, train_images, val_images, seed, options) -> None:
     for key, value in (("generated.train_images", train_images),
                        ("generated.val_images", val_images)):
         if value is None:
             raise UserError(f"{key} is null: pathfinder images are generated, say how many "
                             f"(e.g. --set {key}=2000)")
+    _pathfinder(size, 0, 0, seed, options)  # no image: checks every argument
+
+
+def _pathfinder(size, train_images, val_images, seed, options) -> tuple:
+    from .pathfinder import CLASS_NAMES, pathfinder
+
     try:  # validation images continue the training images' stream: never a repeat
         train_x, train_y = pathfinder(train_images, size, seed, **options)
         val_x, val_y = pathfinder(val_images, size, seed, start=train_images, **options)
@@ -90,7 +104,18 @@ def _pathfinder(size: int, train_images: int | None, val_images: int | None, see
     return train_x, train_y, val_x, val_y, tuple(CLASS_NAMES)
 
 
-_GENERATORS = {"digits": _digits, "pathfinder": _pathfinder}
+_GENERATORS = {"digits": (_check_digits, _digits), "pathfinder": (_check_pathfinder, _pathfinder)}
+
+
+def check_generated(name: str, size: int, train_images: int | None = None,
+                    val_images: int | None = None, seed: int = 0,
+                    options: dict[str, Any] | None = None) -> None:
+    """Raise the :class:`UserError` :func:`generated_datasets` would raise for these
+    settings, without generating the images."""
+    if name not in _GENERATORS:
+        raise UserError(f"generated.name = {name!r}: not a generated data set; use one of "
+                        f"{', '.join(GENERATED)}")
+    _GENERATORS[name][0](size, train_images, val_images, seed, dict(options or {}))
 
 
 def generated_datasets(name: str, size: int, train_images: int | None = None,
@@ -106,10 +131,8 @@ def generated_datasets(name: str, size: int, train_images: int | None = None,
     ``val_images`` of the same stream. Bad values raise :class:`UserError` naming the config
     key (``generated.*``).
     """
-    if name not in _GENERATORS:
-        raise UserError(f"generated.name = {name!r}: not a generated data set; use one of "
-                        f"{', '.join(GENERATED)}")
-    train_x, train_y, val_x, val_y, classes = _GENERATORS[name](
+    check_generated(name, size, train_images, val_images, seed, options)
+    train_x, train_y, val_x, val_y, classes = _GENERATORS[name][1](
         size, train_images, val_images, seed, dict(options or {}))
     return (ArrayImageDataset(train_x, train_y, mean, std, in_chans),
             ArrayImageDataset(val_x, val_y, mean, std, in_chans), list(classes))

@@ -32,6 +32,7 @@ from typing import Iterable, TextIO
 
 import torch
 
+from ..data import check_generated
 from ..engine.config import config_from_dict
 from ..engine.distributed import resolve_device
 from ..engine.progress import format_duration, read_jsonl
@@ -140,7 +141,10 @@ def task_config(task: str, profile: str = "default", overrides: Iterable[str] = 
                             "variants with --variants, and set other model.kwargs keys one by "
                             "one (e.g. --set model.kwargs.channels=32)")
         mine.append(text)
-    return load_config(ABLATION_TASKS[task] + PROFILES[profile].suffix, mine, flags)
+    try:
+        return load_config(ABLATION_TASKS[task] + PROFILES[profile].suffix, mine, flags)
+    except UserError as exc:
+        raise UserError(f"task {task}: {exc}") from None
 
 
 def plan_runs(output: str | os.PathLike, tasks: list[str], variants: list[str], seeds: int,
@@ -162,6 +166,12 @@ def plan_runs(output: str | os.PathLike, tasks: list[str], variants: list[str], 
                 folder = Path(output) / "runs" / task / variant / f"seed{base_seed + k}"
                 runs.append(RunSpec(task, variant, base_seed + k, str(folder),
                                     cfg.model_dump(mode="json")))
+        gen = cfg.generated  # the data settings of every run of the task, checked up front
+        try:
+            check_generated(gen.name, cfg.data.img_size, gen.train_images, gen.val_images,
+                            gen.seed, gen.options)
+        except UserError as exc:
+            raise UserError(f"task {task}: {exc}") from None
     return runs
 
 
