@@ -130,7 +130,7 @@ def test_ctrl_c_stops_parallel_jobs_and_a_rerun_keeps_what_finished(tmp_path, ca
     out = tmp_path / "ablation"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_WAIT_POLICY="PASSIVE")
     cmd = [sys.executable, "-m", "grootvl", "ablate", "--output", str(out), *TINY,
-           "--jobs", "2", "--tasks", "digits", "--variants", "tree,raster,cross,random,tree-l1"]
+           "--jobs", "2", "--tasks", "digits", "--variants", "tree,raster,cross"]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not _result_files(out) and proc.poll() is None and time.monotonic() < deadline:
@@ -139,16 +139,15 @@ def test_ctrl_c_stops_parallel_jobs_and_a_rerun_keeps_what_finished(tmp_path, ca
     _, err = proc.communicate(timeout=60)
     finished = _result_files(out)
     assert proc.returncode == 130 and "interrupted" in err, err
-    assert 1 <= len(finished) < 5
+    assert 1 <= len(finished) < 3
     stamps = [p.stat().st_mtime_ns for p in finished]
     time.sleep(1)  # no worker is left to write anything
     assert [p.stat().st_mtime_ns for p in _result_files(out)] == stamps
 
-    code, err = _ablate(capsys, out, "--tasks", "digits", "--variants",
-                        "tree,raster,cross,random,tree-l1")
+    code, err = _ablate(capsys, out, "--tasks", "digits", "--variants", "tree,raster,cross")
     assert code == 0 and f"{len(finished)} finished before" in err
     assert [p.stat().st_mtime_ns for p in finished] == stamps
-    assert len(_result_files(out)) == 5
+    assert len(_result_files(out)) == 3
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -203,7 +202,8 @@ def test_every_variant_trains_and_is_rebuilt_from_its_checkpoint(variant, digits
                                                                   tmp_path, capsys):
     options = VARIANTS[variant]
     cfg = load_config("ablate_digits_quick", [
-        "generated.train_images=96", "sched.epochs=1", "train.device=cpu",
+        "generated.train_images=96", "generated.val_images=null", "sched.epochs=1",
+        "train.device=cpu",
         *(f"model.kwargs.{k}={v}" for k, v in options.items())])
     summary = train(cfg, tmp_path)
     assert summary["last"]["train_loss"] > 0

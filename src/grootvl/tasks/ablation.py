@@ -35,6 +35,7 @@ import torch
 from ..data import check_generated
 from ..engine.config import config_from_dict
 from ..engine.distributed import resolve_device
+from ..engine.loop import LOG_FILE, METRICS_FILE
 from ..engine.progress import format_duration, read_jsonl
 from ..engine.snapshots import LAST, atomic_write_text, read_snapshot_meta
 from ..errors import UserError
@@ -226,12 +227,12 @@ def train_one(run: RunSpec) -> dict:
     resumed_from = None
     if (folder / LAST).is_file():
         resumed_from = int(read_snapshot_meta(folder / LAST)["epoch"]) + 1
-    elif (folder / "log.jsonl").is_file():
-        (folder / "log.jsonl").unlink()  # a start that saved nothing: begin a fresh log
+    elif (folder / LOG_FILE).is_file():
+        (folder / LOG_FILE).unlink()  # a start that saved nothing: begin a fresh log
     summary = train(cfg, folder, resume="auto")
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
 
-    epochs = {r["epoch"]: r for r in read_jsonl(folder / "log.jsonl") if r["event"] == "epoch"}
+    epochs = {r["epoch"]: r for r in read_jsonl(folder / LOG_FILE) if r["event"] == "epoch"}
     images = sum(r["steps"] for r in epochs.values()) * cfg.train.batch_size
     train_s = sum(r["train_time_s"] for r in epochs.values())
     # rebuild the model as `grootvl eval` would (name and kwargs from the snapshot's config)
@@ -243,11 +244,15 @@ def train_one(run: RunSpec) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's tracer warnings are noise here
         flops = count_flops_params(model, (cfg.data.in_chans, size, size))
-    last = summary["last"]
+    # the last evaluation (also when a run killed after its last snapshot trains nothing now)
+    final = json.loads((folder / METRICS_FILE).read_text())
+    if final["epoch"] != cfg.sched.epochs - 1:
+        raise UserError(f"{folder / METRICS_FILE} holds epoch {final['epoch']}, not the last "
+                        f"one ({cfg.sched.epochs - 1}); delete {folder} to train it again")
     result = {
         "task": run.task, "variant": run.variant, "seed": run.seed,
-        "accuracy": last["val_top1"], "best_accuracy": summary["best_top1"],
-        "val_loss": last["val_loss"], "val_images": last["val_count"],
+        "accuracy": final["top1"], "best_accuracy": summary["best_top1"],
+        "val_loss": final["loss"], "val_images": final["count"],
         "classes": len(meta["classes"]), "epochs": cfg.sched.epochs,
         "params": flops.params, "gflops": flops.gflops, "tree_gflops": flops.tree_gflops,
         "mst_comparisons": flops.mst_comparisons,
