@@ -24,7 +24,7 @@ ALLOWED = {
     "flops": {"models", "layers", "ops", "errors"},
     "data": {"errors"},
     "engine": {"errors"},
-    "tasks": {"engine", "data", "models", "visualize", "errors"},
+    "tasks": {"engine", "data", "models", "visualize", "flops", "errors"},
     "cli": {"tasks", "engine", "data", "models", "grootl", "visualize", "flops", "layers", "ops",
             "errors"},
 }

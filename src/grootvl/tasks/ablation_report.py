@@ -14,7 +14,6 @@ import math
 import statistics
 from pathlib import Path
 
-from .. import __version__
 from ..engine.snapshots import atomic_write_text
 
 __all__ = ["summarize", "write_report"]
@@ -69,7 +68,7 @@ def write_report(output: str | Path, results: list[dict], tasks: list[str], vari
         config["train"].pop("seed", None)
         common[task] = config
     report = {
-        "grootvl_version": __version__, "profile": profile, "note": PROFILES[profile].note,
+        "profile": profile, "note": PROFILES[profile].note,
         "metric": "top-1 accuracy (%) on held-out images after the last epoch; mean and "
                   "sample std over seeds",
         "tasks": tasks, "seeds": seeds,
