@@ -216,6 +216,11 @@ def test_every_variant_trains_and_is_rebuilt_from_its_checkpoint(variant, digits
         for block in level.blocks:
             layer = block.TreeSSM
             assert {k: getattr(layer, k) for k in options} == options
+    # `visualize` draws it without being told the architecture, input size or channels
+    digit = next(digits_folder.glob("val/3/*.png"))
+    assert main(["visualize", "--checkpoint", str(tmp_path / "last.pth"),
+                 "--output", str(tmp_path / "vis"), "--image", str(digit)]) == 0
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 1
     # and evaluates on the digits written as a folder to what training measured in memory
     assert main(["eval", "--checkpoint", str(tmp_path / "last.pth"), "--data", str(digits_folder),
                  "--workers", "0", "--device", "cpu", "--progress", "none"]) == 0

@@ -117,7 +117,7 @@ def markdown(report: dict) -> str:
         rows = [results[task][name] for task in tasks]
         cells += [" / ".join(f"{r['params'] / 1e3:.0f}" for r in rows),
                   " / ".join(f"{r['gflops'] * 1e3:.3g}" for r in rows),
-                  " / ".join(f"{sum(r['tree_gflops'].values()) * 1e3:.2f}" for r in rows),
+                  " / ".join(f"{sum(r['tree_gflops'].values()) * 1e3:.3g}" for r in rows),
                   " / ".join(f"{r['train_img_per_s']:.0f}" if r["train_img_per_s"] else "-"
                              for r in rows)]
         lines.append("| " + " | ".join(cells) + " |")
