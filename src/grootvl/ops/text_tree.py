@@ -8,12 +8,12 @@ token, the subtree scan over this tree is causal for every token after the conte
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from .arguments import is_int
 from .mst import minimum_spanning_tree
 from .tree import Tree, bfs_tree
 
@@ -36,7 +36,7 @@ def text_edges(num_tokens: int, context_length: int, device: torch.device | str 
     """
     if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 1:
         raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
-    if not _is_int(context_length) or not 0 <= context_length <= num_tokens:
+    if not is_int(context_length) or not 0 <= context_length <= num_tokens:
         raise ValueError(f"context_length must be an int in [0, {num_tokens}] (num_tokens), "
                          f"got {context_length!r}")
     groups = [torch.stack([torch.arange(num_tokens - 1), torch.arange(1, num_tokens)], dim=1)]
@@ -45,10 +45,6 @@ def text_edges(num_tokens: int, context_length: int, device: torch.device | str 
         start = torch.arange(count)
         groups.append(torch.stack([start, start + skip], dim=1))
     return torch.cat(groups, dim=0).to(device)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def context_lengths(context_length, batch: int, num_tokens: int,
@@ -70,11 +66,11 @@ def context_lengths(context_length, batch: int, num_tokens: int,
                 f"{tuple(context_length.shape)}: pass a 1-D integer tensor (e.g. .long())")
         per_row = context_length.dim() == 1
         lengths = context_length.to(device=device, dtype=torch.long).reshape(-1)
-    elif _is_int(context_length):
+    elif is_int(context_length):
         per_row = False
         lengths = torch.tensor([int(context_length)], dtype=torch.long, device=device)
     elif isinstance(context_length, Sequence) and not isinstance(context_length, (str, bytes)):
-        bad = [v for v in context_length if not _is_int(v)]
+        bad = [v for v in context_length if not is_int(v)]
         if bad:
             raise TypeError(f"context_length must be {allowed}; got {list(context_length)!r}, "
                             f"whose entry {bad[0]!r} is a {type(bad[0]).__name__}, not an int")
