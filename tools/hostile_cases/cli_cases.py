@@ -56,10 +56,10 @@ TRAIN_FLAG_RULES = {
     "--img-size": _int_rule(1),                            # huge: must not allocate unboundedly
     "--in-chans": {**_int_rule(1), "2": E},                # images are read as RGB or grey only
     "--workers": _int_rule(0, huge=SKIP),                  # huge would fork-bomb a shared machine
-    "--seed": _int_rule(0, minus=EITHER),
+    "--seed": _int_rule(0, minus=EITHER, huge=EITHER),     # torch seeds reach 2**64
     "--threads": _int_rule(1, huge=SKIP, zero=EITHER),
-    "--limit-train-steps": _int_rule(1, zero=EITHER),
-    "--limit-val-steps": _int_rule(1, zero=EITHER),
+    "--limit-train-steps": _int_rule(1, zero=EITHER, huge=EITHER),  # no limit in effect
+    "--limit-val-steps": _int_rule(1, zero=EITHER, huge=EITHER),
     "--log-every": _int_rule(1, huge=EITHER),
     "--lr": _float_rule(zero=EITHER),
     "--weight-decay": {**_float_rule(), "-5": E},
@@ -108,7 +108,7 @@ STR, NUM = "abc", "5"
 SET_ATTACKS = [
     ("model.name", "5", E), ("model.name", "[]", E), ("model.name", "null", E),
     ("model.drop_path_rate", STR, E), ("model.drop_path_rate", "[0.1]", E),
-    ("model.drop_path_rate", "null", E), ("model.drop_path_rate", "1.5", E),
+    ("model.drop_path_rate", "null", EITHER), ("model.drop_path_rate", "1.5", E),
     ("model.kwargs", "[1]", E), ("model.kwargs", STR, E), ("model.kwargs", "5", E),
     ("model.kwargs", "{channels: -8, depths: [1, 1, 1, 1]}", E),
     ("model.kwargs", "{channels: 8, depths: []}", E),
@@ -129,7 +129,7 @@ SET_ATTACKS = [
     ("data.interpolation", "bogus", E), ("data.interpolation", "5", E),
     ("data.crop_pct", "0", E), ("data.crop_pct", "-1", E), ("data.crop_pct", STR, E),
     ("data.crop_pct", ".nan", E),
-    ("data.mean", "0.5", E), ("data.mean", "[0.5]", E), ("data.mean", "[a, b, c]", E),
+    ("data.mean", "0.5", E), ("data.mean", "[0.5]", EITHER), ("data.mean", "[a, b, c]", E),
     ("data.mean", "[]", E),
     ("data.std", "[0, 0, 0]", E), ("data.std", "[-1, -1, -1]", E), ("data.std", "0.5", E),
     ("data.num_workers", STR, E), ("data.num_workers", "-1", E),
@@ -239,10 +239,24 @@ YAML_ATTACKS = [  # (name, file text, expected, names)
 ]
 
 
+def _yaml_keys(text: str) -> list[str]:
+    """Dotted keys ``section.key`` a two-level YAML text sets (a plain line scan)."""
+    keys, section = [], None
+    for line in text.splitlines():
+        name = line.strip().split(":", 1)[0]
+        if line and not line.startswith(" ") and ":" in line:
+            section = name
+        elif section and line.startswith("  ") and ":" in line:
+            keys.append(f"{section}.{name}")
+    return keys
+
+
 def yaml_cases() -> list[Case]:
     cases = []
     for name, text, expect, names in YAML_ATTACKS:
+        # a dedicated flag of the base command line would win over the file's key
         drop = ["--set"] if "kwargs" in text else []
+        drop += [TRAIN_FLAG_OF_KEY[key] for key in _yaml_keys(text) if key in TRAIN_FLAG_OF_KEY]
         argv = build(TRAIN, {"--config": "{case}/cfg.yaml"}, drop=drop)
         cases.append(Case(id=f"yaml/{name}", area="config-yaml", kind="cli", expect=expect,
                           argv=argv, names=names, prep="yaml", kwargs={"yaml": text},
