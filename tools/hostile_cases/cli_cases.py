@@ -44,6 +44,13 @@ def _flag_cases(area: str, base, rules: dict, *, extra_replace=None, tail=(), pr
     return cases
 
 
+def _error_cases(prefix: str, area: str, base, rows, *, tail=(), timeout=150.0) -> list[Case]:
+    """Cases ``PREFIX/NAME`` expecting a clean error: rows of (name, flag edits, names)."""
+    return [Case(id=f"{prefix}/{name}", area=area, kind="cli", expect=E,
+                 argv=build(base, replace, tail=tail), names=names, timeout=timeout)
+            for name, replace, names in rows]
+
+
 # ------------------------------------------------------------------------------ train flags
 
 # Divergence needs a second optimizer step to show up in a training loss.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import Case
 from .argv import (BENCHMARK, DEMO, DET_EVAL, DET_TRAIN, EVAL, FLOPS, LM_DEMO, LM_FINETUNE,
                    LM_FINETUNE_TAIL, LM_MERGE, SEG_EVAL, SEG_TRAIN, VISUALIZE, build, slug)
-from .cli_cases import E, EITHER, OK, SKIP, _flag_cases, _float_rule, _int_rule
+from .cli_cases import E, EITHER, OK, SKIP, _error_cases, _flag_cases, _float_rule, _int_rule
 
 # ----------------------------------------------------------------------------------- eval
 
@@ -181,9 +181,7 @@ def dense_cases() -> list[Case]:
     cases = _flag_cases("dense", DET_TRAIN, {**DENSE_TRAIN_RULES, **DET_ONLY_RULES}, timeout=240)
     cases += _flag_cases("dense", SEG_TRAIN, {**DENSE_TRAIN_RULES, **SEG_ONLY_RULES}, timeout=240)
     for command, base in (("det-train", DET_TRAIN), ("seg-train", SEG_TRAIN)):
-        for name, replace, names in BACKBONE_ATTACKS:
-            cases.append(Case(id=f"{command}/{name}", area="dense", kind="cli", expect=E,
-                              argv=build(base, replace), names=names, timeout=240))
+        cases += _error_cases(command, "dense", base, BACKBONE_ATTACKS, timeout=240)
     cases += [
         Case(id="det-train/detector-kwargs=bogus", area="dense", kind="cli", expect=E,
              argv=build(DET_TRAIN, {"--detector-kwargs": '{"bogus": 1}'}), names="bogus"),
@@ -251,25 +249,18 @@ def lm_cases() -> list[Case]:
         ("data=no-fields", {"--data": "{lm_bad}/nofields.json"}, "nofields.json|instruction"),
         ("output-dir=file", {"--output-dir": "{img_ok}"}, "output|ok.png"),
     ]
-    for name, replace, names in paths:
-        cases.append(Case(id=f"lm-finetune/{name}", area="lm", kind="cli", expect=E,
-                          argv=build(LM_FINETUNE, replace, tail=LM_FINETUNE_TAIL), names=names,
-                          timeout=240))
+    cases += _error_cases("lm-finetune", "lm", LM_FINETUNE, paths, tail=LM_FINETUNE_TAIL,
+                          timeout=240)
     merge = [("tree-scale=-1", {"--tree-scale": "-1"}, "tree.scale"),
              ("tree-scale=nan", {"--tree-scale": "nan"}, "tree.scale"),
              ("base=missing", {"--base": "{case}/none"}, "base|none"),
              ("adapter=missing", {"--adapter": "{case}/none"}, "adapter|none"),
              ("adapter=model-dir", {"--adapter": "{lm_model}"}, "adapter"),
              ("output-dir=file", {"--output-dir": "{img_ok}"}, "output|ok.png")]
-    for name, replace, names in merge:
-        cases.append(Case(id=f"lm-merge/{name}", area="lm", kind="cli", expect=E,
-                          argv=build(LM_MERGE, replace), names=names, timeout=240))
+    cases += _error_cases("lm-merge", "lm", LM_MERGE, merge, timeout=240)
     demo = [("pretrain-steps=-1", {"--pretrain-steps": "-1"}, "pretrain"),
             ("finetune-steps=-1", {"--finetune-steps": "-1"}, "finetune"),
             ("tree-scale=-1", {"--tree-scale": "-1"}, "tree.scale"),
             ("tree-scale=nan", {"--tree-scale": "nan"}, "tree.scale"),
             ("output-dir=file", {"--output-dir": "{img_ok}"}, "output|ok.png")]
-    for name, replace, names in demo:
-        cases.append(Case(id=f"lm-demo/{name}", area="lm", kind="cli", expect=E,
-                          argv=build(LM_DEMO, replace), names=names, timeout=300))
-    return cases
+    return cases + _error_cases("lm-demo", "lm", LM_DEMO, demo, timeout=300)
