@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import warnings
@@ -297,7 +298,9 @@ def run_ablation(output: str | os.PathLike, *, variants: list[str] | None = None
         overrides: ``--set`` texts, ``KEY=VALUE`` or ``TASK.KEY=VALUE``.
         stream: where progress lines go (default stderr).
 
-    Returns the report written to ``ablation.json``.
+    Returns the report written to ``ablation.json``. With ``jobs`` > 1 the runs train in
+    spawned processes, so a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard around its entry point.
     """
     from .ablation_report import write_report
 
@@ -341,6 +344,11 @@ def run_ablation(output: str | os.PathLike, *, variants: list[str] | None = None
     return report
 
 
+def _ignore_ctrl_c() -> None:
+    """Worker processes leave Ctrl-C to the parent, which stops them all (no tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _execute(pending: list[RunSpec], jobs: int, stream: TextIO, start: float):
     """Train ``pending`` (``jobs`` processes at once), yielding each result when it finishes
     and printing one progress line with the ETA of the whole ablation."""
@@ -370,7 +378,7 @@ def _execute(pending: list[RunSpec], jobs: int, stream: TextIO, start: float):
                 report(result)
                 yield result
             return
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        with multiprocessing.get_context("spawn").Pool(jobs, _ignore_ctrl_c) as pool:
             try:
                 for result in pool.imap_unordered(train_one, pending):
                     report(result)
