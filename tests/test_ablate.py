@@ -91,6 +91,23 @@ def test_quick_subset_writes_the_three_files_with_every_variant_task_and_seed(tm
     assert [p.stat().st_mtime_ns for p in _result_files(out)] == stamps
 
 
+@pytest.mark.slow
+def test_full_quick_profile_covers_every_variant_and_task(tmp_path, capsys):
+    out = tmp_path / "ablation"
+    assert main(["ablate", "--quick", "--jobs", "1", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "18 runs (2 task(s) x 9 variant(s) x 1 seed(s))" in err and "[18/18]" in err
+    report = json.loads((out / "ablation.json").read_text())
+    assert list(report["variants"]) == list(VARIANTS)
+    for task in ("digits", "pathfinder"):
+        assert list(report["results"][task]) == list(VARIANTS)
+        assert all(row["std"] is None and row["gflops"] > 0
+                   for row in report["results"][task].values())
+    table = (out / "ablation.md").read_text()
+    assert all(f"| `{name}` |" in table for name in VARIANTS)
+    assert (out / "ablation.png").stat().st_size > 10_000
+
+
 def test_an_interrupted_ablation_resumes_without_retraining_finished_runs(tmp_path, capsys,
                                                                           monkeypatch):
     out = tmp_path / "ablation"
@@ -126,6 +143,7 @@ def test_an_interrupted_ablation_resumes_without_retraining_finished_runs(tmp_pa
     assert code == 2 and "trained with other settings" in err and "optim.base_lr" in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_parallel_jobs_and_a_rerun_keeps_what_finished(tmp_path, capsys):
     out = tmp_path / "ablation"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_WAIT_POLICY="PASSIVE")
