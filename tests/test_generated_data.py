@@ -56,6 +56,7 @@ def test_pathfinder_validation_images_continue_the_training_stream(pathfinder_ge
     (("digits", 32, 2000), "generated.train_images = 2000: the digits have 1437 such images"),
     (("digits", 32, None, 400), "generated.val_images = 400: the digits have 360 such images"),
     (("digits", 32, None, None, 0, {"size": 3}), "the digits take no options"),
+    (("digits", 100_000), "data.img_size = 100000: the digits are 8x8 images, upsampled to at most 512"),
     (("pathfinder", 32, None, 10), "generated.train_images is null: pathfinder images are "
                                    "generated, say how many"),
     (("mnist", 32), "generated.name = 'mnist': not a generated data set; use one of digits, "

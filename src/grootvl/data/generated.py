@@ -21,6 +21,7 @@ __all__ = ["GENERATED", "ArrayImageDataset", "check_generated", "generated_datas
 
 GENERATED = ("digits", "pathfinder")
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
+MAX_DIGITS_SIZE = 512
 
 
 class ArrayImageDataset(torch.utils.data.Dataset):
@@ -67,6 +68,9 @@ def _digits_counts() -> tuple[int, int]:
 
 
 def _check_digits(size, train_images, val_images, seed, options) -> None:
+    if size > MAX_DIGITS_SIZE:  # 1797 images of size x size bytes, twice
+        raise UserError(f"data.img_size = {size}: the digits are 8x8 images, upsampled to at "
+                        f"most {MAX_DIGITS_SIZE} pixels; use a smaller size (e.g. 32)")
     if options:
         raise UserError(f"generated.options = {options}: the digits take no options; set "
                         "generated.options={}")
