@@ -59,6 +59,7 @@ def test_pathfinder_validation_images_continue_the_training_stream(pathfinder_ge
     (("digits", 100_000), "data.img_size = 100000: the digits are 8x8 images, upsampled to at most 512"),
     (("pathfinder", 32, None, 10), "generated.train_images is null: pathfinder images are "
                                    "generated, say how many"),
+    (("pathfinder", 1024, 10**9, 10), "1000000010 images of 1024x1024 pixels need "),
     (("mnist", 32), "generated.name = 'mnist': not a generated data set; use one of digits, "
                     "pathfinder"),
 ])

@@ -10,6 +10,7 @@ trained in memory evaluates on the written folder to the same accuracy.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import torch
@@ -93,7 +94,20 @@ def _check_pathfinder(size, train_images, val_images, seed, options) -> None:
         if value is None:
             raise UserError(f"{key} is null: pathfinder images are generated, say how many "
                             f"(e.g. --set {key}=2000)")
+    needed, memory = (train_images + val_images) * size * size, _physical_memory()
+    if memory and needed > memory // 2:
+        raise UserError(f"generated.train_images + generated.val_images = "
+                        f"{train_images + val_images} images of {size}x{size} pixels need "
+                        f"{needed / 2**30:.1f} GiB in memory, more than half of this machine's "
+                        f"{memory / 2**30:.1f} GiB; generate fewer or smaller images")
     _pathfinder(size, 0, 0, seed, options)  # no image: checks every argument
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no check
+        return None
 
 
 def _pathfinder(size, train_images, val_images, seed, options) -> tuple:
