@@ -174,6 +174,8 @@ def test_ctrl_c_stops_parallel_jobs_and_a_rerun_keeps_what_finished(tmp_path, ca
     (["--tasks", "imagenet"], "--tasks 'imagenet': unknown name(s) imagenet; choose from digits, "
                               "pathfinder"),
     (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N (got 'gpu')"),
+    (["--seeds", "1000"], "--seeds 1000: must be a positive integer of at most 100"),
+    (["--threads", "100000"], "--threads 100000: must be a positive integer of at most"),
     (["--set", "sched.epochs=0"], "sched.epochs = 0 (from --set sched.epochs=0)"),
     (["--set", "pathfinder.generated.train_images=-3"],
      "task pathfinder: generated.train_images = -3 (from --set generated.train_images=-3)"),

@@ -75,6 +75,7 @@ VARIANT_KEYS = tuple(f"model.kwargs.{key}" for key in ("topology", "root", "tree
 # run folder's settings with the current ones
 _EXECUTION_KEYS = ("train.progress", "train.log_every", "train.threads", "train.device",
                    "data.num_workers", "data.pin_memory")
+MAX_SEEDS = 100
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "settings.json"
 
@@ -313,9 +314,11 @@ def run_ablation(output: str | os.PathLike, *, variants: list[str] | None = None
     if profile not in PROFILES:
         raise UserError(f"profile {profile!r}: use one of {', '.join(PROFILES)}")
     seeds = PROFILES[profile].seeds if seeds is None else seeds
-    for name, value in (("--seeds", seeds), ("--jobs", jobs), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} {value}: must be a positive integer")
+    for name, value, most in (("--seeds", seeds, MAX_SEEDS), ("--jobs", jobs, None),
+                              ("--threads", threads, usable_cores())):
+        if value is not None and not 1 <= value <= (most or value):
+            raise UserError(f"{name} {value}: must be a positive integer"
+                            + (f" of at most {most}" if most else ""))
     resolved = resolve_device(device)  # a bad name, or CUDA missing: one-line error
     jobs = jobs or default_jobs(resolved)
     if threads is None and resolved.type == "cpu":
