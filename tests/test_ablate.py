@@ -203,11 +203,12 @@ def test_output_file_seeds_and_profiles_are_checked(tmp_path, capsys):
 
 
 def test_print_config_shows_each_tasks_recipe(capsys):
-    assert main(["ablate", "--scale", "--tasks", "pathfinder", "--print-config",
+    assert main(["ablate", "--scale", "--print-config",
                  "--set", "sched.epochs=7", "--set", "digits.sched.epochs=9"]) == 0
-    text = capsys.readouterr().out
-    assert text.count("# ---- task") == 1 and "task pathfinder (profile scale" in text
-    assert "epochs: 7" in text and "epochs: 9" not in text and "name: pathfinder" in text
+    digits, pathfinder = capsys.readouterr().out.split("# ---- task ")[1:]
+    assert digits.startswith("digits (profile scale") and "name: digits" in digits
+    assert pathfinder.startswith("pathfinder (profile scale") and "name: pathfinder" in pathfinder
+    assert "  epochs: 9  #" in digits and "  epochs: 7  #" in pathfinder
 
 
 # ---------------------------------------------- every variant, through the engine and back
