@@ -100,7 +100,8 @@ class SegmentationTask:
     def prepare_batch(self, batch, device: torch.device, training: bool) -> Batch:
         images, labels = batch[0], batch[1]  # evaluation items also carry the image name
         images = images.to(device, non_blocking=True)
-        return Batch(images, labels.to(device, non_blocking=True), size=images.shape[0])
+        return Batch(images, labels.to(device, non_blocking=True), size=images.shape[0],
+                     skipped=int(batch[-1].sum()))
 
     def losses(self, model: nn.Module, batch: Batch) -> dict:
         return {"loss_ce": segmentation_loss(model(batch.inputs), batch.targets)}
@@ -126,16 +127,20 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike,
     """mIoU, mAcc, aAcc and per-class IoU (percent) of a ``seg-train`` snapshot on one split
     of an ADE20K-format folder; ``scale`` defaults to the snapshot's config. Works under
     torchrun; every process returns the metrics."""
-    snapshot, cfg = read_task_snapshot(checkpoint, "segmentation", "seg-train")
+    snapshot, cfg = read_task_snapshot(checkpoint, "segmentation", "seg-train", flags={
+        "segmentation.scale": (scale, "--scale"), "data.num_workers": (workers, "--workers"),
+        "train.device": (device, "--device"), "train.amp": (amp, "--amp"),
+        "train.progress": (progress, "--progress")})
     task = SegmentationTask(cfg)
     dataset = ADESegmentation(data, split, cfg.segmentation.num_classes,
-                              scale=scale or cfg.segmentation.scale)
+                              scale=cfg.segmentation.scale)
     model = load_snapshot_weights(task.build_model(pretrained=False), snapshot, checkpoint)
-    env = D.init_distributed(device)
+    env = D.init_distributed(cfg.train.device)
     try:
         model.to(env.device)
-        metrics = evaluate(task, model, eval_loader(dataset, 1, env, workers), env,
-                           resolve_amp(amp, env.device), progress_mode=progress)
+        metrics = evaluate(task, model, eval_loader(dataset, 1, env, cfg.data.num_workers), env,
+                           resolve_amp(cfg.train.amp, env.device),
+                           progress_mode=cfg.train.progress)
     finally:
         D.teardown_distributed()
     return {"checkpoint": str(checkpoint), "data": str(data), **metrics}
