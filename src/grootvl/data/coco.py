@@ -102,10 +102,10 @@ def _annotation_problem(ann, images, category_ids, require_masks) -> str | None:
 
 
 def collate_detection(batch):
-    """``(images, targets, files skipped)``: images and targets stay lists (detection images
-    differ in size); the last is the number of unreadable files the batch's items skipped."""
+    """``(images, targets, skipped)`` as lists: detection images differ in size; ``skipped``
+    holds each item's count of unreadable files passed over."""
     images, targets, skipped = zip(*batch)
-    return list(images), list(targets), sum(skipped)
+    return list(images), list(targets), list(skipped)
 
 
 class CocoInstances(Dataset):

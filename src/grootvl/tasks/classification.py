@@ -21,7 +21,7 @@ from ..engine.amp import resolve_amp
 from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
 from ..engine.snapshots import snapshot_meta
-from ..engine.task import Batch
+from ..engine.task import Batch, drop_replaced
 from ..errors import UserError
 from ..files import CheckpointError, read_checkpoint
 from ..models.factory import create_model
@@ -79,13 +79,15 @@ class TopKEvaluator:
         self.totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0, "skipped": 0.0}
 
     def update(self, model: nn.Module, batch: Batch) -> None:
+        self.totals["skipped"] += batch.skipped
+        if batch.size == 0:
+            return
         logits = model(batch.inputs).float()
         top1, top5 = topk_correct(logits, batch.targets, (1, 5))
         self.totals["loss"] += float(self.criterion(logits, batch.targets))
         self.totals["top1"] += top1
         self.totals["top5"] += top5
         self.totals["count"] += batch.targets.shape[0]
-        self.totals["skipped"] += batch.skipped
 
     def compute(self) -> dict:
         totals = D.all_reduce_sum(self.totals, self.device)
@@ -140,13 +142,14 @@ class ClassificationTask:
 
     def prepare_batch(self, batch, device: torch.device, training: bool) -> Batch:
         images, targets, skipped = batch
+        images, targets, replaced = drop_replaced(images, targets, skipped, training)
         images = images.to(device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         if training and self.mixup is not None:
             images, targets = self.mixup(images, targets)
-        return Batch(images, targets, size=images.shape[0], skipped=int(skipped.sum()))
+        return Batch(images, targets, size=images.shape[0], skipped=replaced)
 
     def losses(self, model: nn.Module, batch: Batch) -> dict:
         return {"loss_ce": self.criterion(model(batch.inputs), batch.targets)}

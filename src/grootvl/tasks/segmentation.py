@@ -13,7 +13,7 @@ from ..engine import distributed as D
 from ..engine.amp import resolve_amp
 from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
-from ..engine.task import Batch
+from ..engine.task import Batch, drop_replaced
 from ..errors import UserError
 from ..models.dense import upernet_grootv
 from .common import check_same_model, load_snapshot_weights, read_task_snapshot
@@ -48,15 +48,21 @@ class ConfusionEvaluator:
 
     def __init__(self, num_classes: int, device: torch.device):
         self.confusion = SegmentationConfusion(num_classes, IGNORE_INDEX, device=device)
+        self.skipped = 0
 
     def update(self, model: nn.Module, batch: Batch) -> None:
+        self.skipped += batch.skipped
+        if batch.size == 0:  # the image was unreadable
+            return
         logits = predict_whole(model, batch.inputs, tuple(batch.targets.shape[-2:]))
         self.confusion.update(logits.argmax(1), batch.targets)
 
     def compute(self) -> dict:
         self.confusion.all_reduce()
+        skipped = sum(D.all_gather_object(self.skipped))
         # names are the label values in the PNGs (class k is stored as k + 1)
-        return self.confusion.metrics([str(k + 1) for k in range(self.confusion.num_classes)])
+        metrics = self.confusion.metrics([str(k + 1) for k in range(self.confusion.num_classes)])
+        return {**metrics, "skipped_images": skipped}
 
 
 class SegmentationTask:
@@ -98,10 +104,11 @@ class SegmentationTask:
         return upernet_grootv(**self.model_options(), pretrained_backbone=init)
 
     def prepare_batch(self, batch, device: torch.device, training: bool) -> Batch:
-        images, labels = batch[0], batch[1]  # evaluation items also carry the image name
+        # evaluation items also carry the image name; the last entry counts skipped files
+        images, labels, replaced = drop_replaced(batch[0], batch[1], batch[-1], training)
         images = images.to(device, non_blocking=True)
         return Batch(images, labels.to(device, non_blocking=True), size=images.shape[0],
-                     skipped=int(batch[-1].sum()))
+                     skipped=replaced)
 
     def losses(self, model: nn.Module, batch: Batch) -> dict:
         return {"loss_ce": segmentation_loss(model(batch.inputs), batch.targets)}
