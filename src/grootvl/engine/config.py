@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import types
 import typing
 from importlib import resources
@@ -190,7 +191,7 @@ def _merge(target: dict, update: Mapping, origins: dict[str, str], origin: str,
 
 
 def _not_a_section(key: str, value: Any, origins: dict[str, str]) -> None:
-    raise UserError(f"{key} = {value!r} (from {origins.get(key, DEFAULT)}): must be a "
+    raise UserError(f"{key} = {value!r} (from {_printable(origins.get(key, DEFAULT))}): must be a "
                     f"mapping of keys (a config section); got {type(value).__name__}")
 
 
@@ -259,7 +260,9 @@ def _validate(schema: type[M], values: dict, origins: dict[str, str]) -> M:
         return schema.model_validate(values)
     except pydantic.ValidationError as exc:
         problems = [_describe(error, schema, origins) for error in exc.errors()]
-        raise UserError("; ".join(problems)) from None
+        # one line whatever the values hold: control characters are shown escaped
+        message = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], "; ".join(problems))
+        raise UserError(message) from None
 
 
 def _origin(parts: list[str], origins: dict[str, str]) -> str:
@@ -268,10 +271,15 @@ def _origin(parts: list[str], origins: dict[str, str]) -> str:
     for end in range(len(parts), 0, -1):
         found = origins.get(".".join(parts[:end]))
         if found:
-            return found
+            return _printable(found)
     prefix = ".".join(parts) + "."
-    below = sorted({origin for key, origin in origins.items() if key.startswith(prefix)})
+    below = sorted({_printable(origin) for key, origin in origins.items() if key.startswith(prefix)})
     return ", ".join(below) if below else DEFAULT
+
+
+def _printable(text: str) -> str:
+    """``text`` as it may appear in a one-line message (quoted if it holds line breaks...)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _describe(error: dict, schema: type[BaseModel], origins: dict[str, str]) -> str:
