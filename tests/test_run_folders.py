@@ -17,14 +17,9 @@ import torch
 from grootvl.cli.main import main
 from grootvl.engine.progress import read_jsonl
 from grootvl.engine.run_folder import RunFolder
-from test_cli_train import TINY, _env, make_image_folder
+from test_cli_train import TINY, _env, data  # noqa: F401  (data: the image-folder fixture)
 
 ONE_STEP = [*TINY, "--limit-train-steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("folder"))
 
 
 @pytest.fixture(scope="module")
