@@ -50,7 +50,7 @@ class ConfigSection(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, value, info):
         annotation = cls.model_fields[info.field_name].annotation
-        if _holds_bool(value) and not _admits_bool(annotation):
+        if _holds_bool(value) and _numeric(annotation):
             raise ValueError("a boolean is not a number here; give a number")
         return value
 
@@ -61,23 +61,20 @@ def _holds_bool(value) -> bool:
     return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
 
 
-def _admits_bool(annotation) -> bool:
-    """Whether a field of type ``annotation`` may hold a boolean (``bool``, ``Any``, a dict of
-    anything, a section...); nested sequences are checked with their items' type."""
-    if annotation is bool or annotation is Any or annotation is object:
-        return True
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _numeric(annotation) -> bool:
+    """Whether a field of type ``annotation`` holds numbers (int, float, a numeric literal,
+    or a tuple of them) and no boolean: pydantic would read ``true`` there as 1."""
+    if annotation in (int, float):
         return True
     origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis and a is not type(None)]
     if origin is typing.Annotated:
-        return _admits_bool(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_admits_bool(a) for a in typing.get_args(annotation))
+        return _numeric(args[0])
     if origin is typing.Literal:
-        return any(isinstance(a, bool) for a in typing.get_args(annotation))
-    if origin in (tuple, list):
-        return any(_admits_bool(a) for a in typing.get_args(annotation) if a is not Ellipsis)
-    return origin in (dict, Mapping)
+        return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if origin in (typing.Union, types.UnionType, tuple, list):
+        return bool(args) and all(_numeric(a) for a in args)
+    return False
 
 
 # ------------------------------------------------------------------------------ files
