@@ -127,6 +127,9 @@ def test_model_options_from_a_file_cannot_allocate_without_bound():
         create_model("grootv_tiny", 2, channels=65536, depths=[1, 1, 1, 1])
     with pytest.raises(UserError, match=r"does not accept the options .*bogus"):
         create_model("grootv_tiny", 2, bogus=1)
+    with pytest.raises(UserError, match="unexpected keyword argument 'bogus'") as info:
+        create_model("grootv_tiny", 2, bogus=[["x"] * 10] * 10**4)  # a YAML alias bomb's size
+    assert len(str(info.value)) < 500  # values are abridged in messages
     with pytest.raises(UserError, match="depths"):
         create_model("grootv_tiny", 2, channels=8, depths=[])
     from grootvl.models.dense import maskrcnn_grootv, upernet_grootv

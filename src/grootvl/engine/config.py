@@ -29,7 +29,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from ..errors import UserError
+from ..errors import UserError, shown
 
 __all__ = ["ConfigSection", "build_config", "config_from_dict", "dump_config", "load_config_file",
            "packaged_config_names", "parse_override", "validate_values"]
@@ -137,7 +137,7 @@ def _config_chain(name_or_path: str, package: str, relative_to: Path | None = No
     data = _read_yaml(text, origin)
     base = data.pop("base", None)
     if base is not None and (not isinstance(base, str) or not base.strip()):
-        raise UserError(f"base = {base!r} (from {origin}): must be the name of a packaged config "
+        raise UserError(f"base = {shown(base)} (from {origin}): must be the name of a packaged config "
                         "or the path of a YAML file")
     chain = _config_chain(base, package, folder, (*seen, name_or_path)) if base else []
     return [*chain, (origin, data)]
@@ -188,7 +188,7 @@ def _merge(target: dict, update: Mapping, origins: dict[str, str], origin: str,
 
 
 def _not_a_section(key: str, value: Any, origins: dict[str, str]) -> None:
-    raise UserError(f"{key} = {value!r} (from {_printable(origins.get(key, DEFAULT))}): must be a "
+    raise UserError(f"{key} = {shown(value)} (from {_printable(origins.get(key, DEFAULT))}): must be a "
                     f"mapping of keys (a config section); got {type(value).__name__}")
 
 
@@ -295,7 +295,7 @@ def _describe(error: dict, schema: type[BaseModel], origins: dict[str, str]) -> 
     message = message[0].lower() + message[1:]
     if isinstance(error.get("input"), Mapping):
         return f"{key or 'config'}: {message} (from {origin})"  # a check of a whole section
-    return f"{key} = {error['input']!r} (from {origin}): {message}"
+    return f"{key} = {shown(error['input'])} (from {origin}): {message}"
 
 
 def _leaf_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:

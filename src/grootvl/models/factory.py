@@ -7,7 +7,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, shown
+from ..files import first_line
 
 __all__ = ["MAX_PARAMETERS", "VARIANTS", "check_model_options", "create_model", "resolve_variant"]
 
@@ -44,13 +45,13 @@ def check_model_options(name: str, options: dict, what: str = "model.kwargs") ->
         with torch.device("meta"):
             probe = timm.create_model(name, pretrained=False, **options)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"model {name} does not accept the options {options} ({what}): "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise UserError(f"model {name} does not accept the options {shown(options)} ({what}): "
+                        f"{first_line(exc)}") from None
     except Exception:  # noqa: BLE001 - a model that cannot be built on the meta device
         return         # is built for real by the caller, which reports its own errors
     count = sum(p.numel() for p in probe.parameters())
     if count > MAX_PARAMETERS:
-        raise UserError(f"model {name} with the options {options} ({what}) would have "
+        raise UserError(f"model {name} with the options {shown(options)} ({what}) would have "
                         f"{count:.3g} parameters ({count * 4 / 2**30:.3g} GiB of float32), more "
                         f"than {MAX_PARAMETERS:.3g}; check {what}")
 
@@ -69,5 +70,5 @@ def create_model(name: str, num_classes: int, in_chans: int = 3,
     try:
         return timm.create_model(name, pretrained=False, **options)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"model {name} does not accept these options: {exc} "
+        raise UserError(f"model {name} does not accept these options: {first_line(exc)} "
                         "(check model.kwargs / model.drop_path_rate)") from exc

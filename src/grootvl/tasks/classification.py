@@ -22,7 +22,7 @@ from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
 from ..engine.snapshots import snapshot_meta
 from ..engine.task import Batch, drop_replaced
-from ..errors import UserError
+from ..errors import UserError, shown
 from ..files import CheckpointError, read_checkpoint
 from ..models.factory import create_model
 from ..models.weights import fit_weights, load_weights
@@ -170,8 +170,8 @@ class ClassificationTask:
         saved = saved_model.get("kwargs") if isinstance(saved_model, dict) else None
         if saved is not None and saved != self.cfg.model.kwargs:
             raise UserError(f"--resume {path}: the snapshot was trained with model.kwargs "
-                            f"{saved}, this run has {self.cfg.model.kwargs}; resume with the "
-                            "same model options or use another --output")
+                            f"{shown(saved)}, this run has {shown(self.cfg.model.kwargs)}; "
+                            "resume with the same model options or use another --output")
         classes = saved_classes(snapshot, f"--resume {path}")
         if classes is None or classes == self.classes:
             return

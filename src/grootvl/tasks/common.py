@@ -6,7 +6,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..engine.snapshots import load_snapshot, state_misfit
-from ..errors import UserError
+from ..errors import UserError, shown
 from ..files import check_finite
 from .config import RunConfig, load_config
 
@@ -15,9 +15,12 @@ __all__ = ["check_same_model", "read_task_snapshot"]
 
 def check_same_model(task: str, saved: dict, current: dict, path: Path) -> None:
     """Resuming needs the model options the snapshot was trained with (``saved``)."""
-    if saved != current:
-        raise UserError(f"--resume {path}: the snapshot is a {task} run of {saved}, this run "
-                        f"is {current}; resume with the same model options or use another "
+    differ = [f"{key}: snapshot {shown(saved.get(key), 60)}, this run "
+              f"{shown(current.get(key), 60)}" for key in sorted(set(saved) | set(current))
+              if saved.get(key) != current.get(key)]
+    if differ:
+        raise UserError(f"--resume {path}: the snapshot is a {task} run with other model options "
+                        f"({'; '.join(differ)}); resume with the same options or use another "
                         "--output")
 
 
