@@ -212,7 +212,8 @@ def test_folder_skips_and_counts_unreadable_files_and_follows_no_symlink_loop(im
 
 
 def test_detection_and_segmentation_data_skip_and_count_unreadable_files(images, tmp_path):
-    make_coco_shapes(tmp_path / "coco", n_images=3, size=48, split="train2017", seed=0, max_shapes=1)
+    make_coco_shapes(tmp_path / "coco", n_images=3, size=48, split="train2017", seed=0,
+                     max_shapes=1)
     first = sorted((tmp_path / "coco" / "train2017").iterdir())[0]
     first.write_bytes(bomb_png(100000, 100000))
     coco = CocoInstances(tmp_path / "coco" / "train2017",

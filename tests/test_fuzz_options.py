@@ -45,7 +45,8 @@ WORDS = st.one_of(
 
 
 def _yaml(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6)
+    return text.strip().removesuffix("...").strip()
 
 
 INTS = st.one_of(st.integers(min_value=-3, max_value=5),

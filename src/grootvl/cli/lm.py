@@ -177,7 +177,8 @@ def run_merge(args: argparse.Namespace) -> int:
     model = enable_tree_scanning(_from_folder("--base", args.base, "model",
                                               MambaForCausalLM.from_pretrained),
                                  tree_scale=tree_scale)
-    merged = merge_lora(_from_folder("--adapter", args.adapter, "LoRA adapter", load_adapter, model))
+    merged = merge_lora(_from_folder("--adapter", args.adapter, "LoRA adapter", load_adapter,
+                                     model))
     merged.save_pretrained(args.output_dir)
     has_tokenizer = (Path(args.adapter) / "tokenizer_config.json").exists()
     _load_tokenizer(*((args.adapter, "--adapter") if has_tokenizer else (args.base, "--base"))) \
@@ -200,7 +201,8 @@ def _saved_tree_scale(adapter: str) -> float | None:
         saved = json.loads(settings_file.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"--adapter {adapter}: {GROOTL_ADAPTER_FILE} is not readable JSON "
-                        f"({exc}); pass --tree-scale to say what the adapter was trained with") from None
+                        f"({exc}); pass --tree-scale to say what the adapter was trained "
+                        "with") from None
     value = saved.get("tree_scale") if isinstance(saved, dict) else None
     return validate_values(MergeOptions, {"tree_scale": (value, str(settings_file))}).tree_scale
 

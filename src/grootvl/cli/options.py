@@ -7,7 +7,8 @@ Field names are the argparse destinations; floats must be finite and a boolean i
 """
 from __future__ import annotations
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      field_validator)
 
 from ..engine.config import ConfigSection
 from ..tasks.config import ImageChannels, ImageSize

@@ -58,8 +58,9 @@ def load_coco_json(ann_file, require_masks: bool = True, argument: str = "--ann"
     try:
         category_ids = sorted(c["id"] for c in data["categories"])
     except TypeError:
-        raise DataError(f"annotation file {path}: the category ids "
-                        f"{[c['id'] for c in data['categories']][:10]} are not all numbers") from None
+        ids = [c["id"] for c in data["categories"]][:10]
+        raise DataError(f"annotation file {path}: the category ids {ids} are not all "
+                        "numbers") from None
     problems: list[str] = []
     for ann in data["annotations"]:
         problem = _annotation_problem(ann, images, set(category_ids), require_masks)

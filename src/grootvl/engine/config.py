@@ -137,8 +137,8 @@ def _config_chain(name_or_path: str, package: str, relative_to: Path | None = No
     data = _read_yaml(text, origin)
     base = data.pop("base", None)
     if base is not None and (not isinstance(base, str) or not base.strip()):
-        raise UserError(f"base = {shown(base)} (from {origin}): must be the name of a packaged config "
-                        "or the path of a YAML file")
+        raise UserError(f"base = {shown(base)} (from {origin}): must be the name of a packaged "
+                        "config or the path of a YAML file")
     chain = _config_chain(base, package, folder, (*seen, name_or_path)) if base else []
     return [*chain, (origin, data)]
 
@@ -165,7 +165,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {text!r}: the value is not valid YAML ({yaml_problem(exc)})") from None
+        raise UserError(f"--set {text!r}: the value is not valid YAML "
+                        f"({yaml_problem(exc)})") from None
     # YAML 1.1 reads "5e-4" (no dot) as a string; users mean a number.
     if isinstance(value, str):
         try:
@@ -188,8 +189,9 @@ def _merge(target: dict, update: Mapping, origins: dict[str, str], origin: str,
 
 
 def _not_a_section(key: str, value: Any, origins: dict[str, str]) -> None:
-    raise UserError(f"{key} = {shown(value)} (from {_printable(origins.get(key, DEFAULT))}): must be a "
-                    f"mapping of keys (a config section); got {type(value).__name__}")
+    origin = _printable(origins.get(key, DEFAULT))
+    raise UserError(f"{key} = {shown(value)} (from {origin}): must be a mapping of keys (a "
+                    f"config section); got {type(value).__name__}")
 
 
 def _set_dotted(target: dict, key: str, value: Any, origins: dict[str, str], origin: str) -> None:
@@ -270,7 +272,8 @@ def _origin(parts: list[str], origins: dict[str, str]) -> str:
         if found:
             return _printable(found)
     prefix = ".".join(parts) + "."
-    below = sorted({_printable(origin) for key, origin in origins.items() if key.startswith(prefix)})
+    below = sorted({_printable(origin) for key, origin in origins.items()
+                    if key.startswith(prefix)})
     return ", ".join(below) if below else DEFAULT
 
 

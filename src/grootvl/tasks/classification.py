@@ -276,9 +276,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike,
     task = ClassificationTask(cfg)
     env = D.init_distributed(cfg.train.device)
     try:
+        transform = build_transform(cfg.data, cfg.aug, is_training=False)
         dataset = ImageFolderDataset(root, mode="L" if cfg.data.in_chans == 1 else "RGB",
-                                     what="evaluation folder",
-                                     transform=build_transform(cfg.data, cfg.aug, is_training=False))
+                                     what="evaluation folder", transform=transform)
         if classes:  # use the class indices the model was trained with
             dataset.remap_classes(classes)
         net = create_model(name, len(dataset.classes), cfg.data.in_chans, **model_kwargs)
