@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError
+from ..files import first_line
+
 __all__ = ["digits_arrays", "prepare_digits_folder"]
 
 STAMP = "digits.json"
@@ -53,15 +56,26 @@ def prepare_digits_folder(root: str | Path, size: int = 32, val_fraction: float 
     the parameters).
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"digits folder {root} (--data-dir) is a file; pass a folder to write "
+                        "the digits into")
     params = {"size": size, "val_fraction": val_fraction, "seed": seed}
     stamp = root / STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()).get("params") == params:
-        return root
+    try:
+        if json.loads(stamp.read_text()).get("params") == params:
+            return root
+    except (OSError, ValueError, AttributeError):  # no stamp yet, or a damaged one: rewrite
+        pass
     images, labels, idx_train, idx_val = _digits_split(size, val_fraction, seed)
-    for split, indices in (("train", idx_train), ("val", idx_val)):
-        for i in indices:
-            folder = root / split / str(int(labels[i]))
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i], mode="L").convert("RGB").save(folder / f"{i:04d}.png")
-    stamp.write_text(json.dumps({"params": params, "train": len(idx_train), "val": len(idx_val)}))
+    try:
+        for split, indices in (("train", idx_train), ("val", idx_val)):
+            for i in indices:
+                folder = root / split / str(int(labels[i]))
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(images[i], mode="L").convert("RGB").save(folder / f"{i:04d}.png")
+        stamp.write_text(json.dumps({"params": params, "train": len(idx_train),
+                                     "val": len(idx_val)}))
+    except OSError as exc:
+        raise DataError(f"digits folder {root} (--data-dir): cannot write the images "
+                        f"({first_line(exc)})") from None
     return root
