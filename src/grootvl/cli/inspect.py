@@ -250,29 +250,31 @@ def _register_visualize(subparsers) -> None:
 def _visualized_model(args):
     """The model to draw and its input normalisation. With a ``grootvl train`` checkpoint it is
     the model the run trained (``model.name`` and ``model.kwargs``, classes, input channels,
-    size and normalisation of its saved config); options given on the command line win."""
+    size and normalisation of its saved config, validated like any config); options given on
+    the command line win."""
     from grootvl.engine.config import parse_override
     from grootvl.models.factory import create_model
     from grootvl.models.weights import load_weights
 
     kwargs = dict(parse_override(text) for text in args.model_kwargs)
-    name, saved, data, classes = args.model or "grootv_tiny", {}, {}, None
+    name, saved, data, classes = args.model or "grootv_tiny", {}, None, None
     if args.checkpoint:
         from grootvl.engine.snapshots import read_snapshot_meta
         from grootvl.tasks.classification import eval_model_spec
+        from grootvl.tasks.config import config_from_snapshot
 
         meta = read_snapshot_meta(args.checkpoint)
         name, saved = eval_model_spec(meta, args.model, args.checkpoint)
-        data = (meta.get("config") or {}).get("data") or {}
+        if isinstance(meta.get("config"), dict):
+            data = config_from_snapshot(meta, args.checkpoint).data
         classes = len(meta["classes"]) if meta.get("classes") else None
-    args.in_chans = args.in_chans or data.get("in_chans") or 3
-    args.img_size = args.img_size or data.get("img_size") or 224
+    args.in_chans = args.in_chans or (data.in_chans if data else 3)
+    args.img_size = args.img_size or (data.img_size if data else 224)
     model = create_model(name, args.num_classes or classes or 1000, args.in_chans,
                          **{**saved, **kwargs})
     if args.checkpoint:
         load_weights(model, args.checkpoint, use_ema=args.use_ema, model_name=name)
-    normalise = {key: tuple(data[key]) for key in ("mean", "std") if data.get(key)}
-    return model, normalise
+    return model, {"mean": data.mean, "std": data.std} if data else {}
 
 
 def run_visualize(args) -> int:
