@@ -1,6 +1,8 @@
-"""Datasets for the command-line tools: validated image folders and the digits demo data."""
+"""Datasets for the command-line tools: validated image folders, the digits demo data and the
+Pathfinder long-range task."""
 from .digits import prepare_digits_folder
 from .folder import IMAGE_EXTENSIONS, ImageFolderDataset, ShardSampler, find_classes
+from .pathfinder import pathfinder, write_pathfinder_folder
 from .transforms import build_transform
 
 __all__ = [
@@ -9,5 +11,7 @@ __all__ = [
     "ShardSampler",
     "build_transform",
     "find_classes",
+    "pathfinder",
     "prepare_digits_folder",
+    "write_pathfinder_folder",
 ]
