@@ -14,7 +14,6 @@ import time
 import pytest
 import torch
 
-import pathfinder_standin
 from grootvl.cli.main import main
 from grootvl.data import prepare_digits_folder
 from grootvl.engine import loop
@@ -29,15 +28,6 @@ from grootvl.tasks.classification import eval_model_spec
 TINY = ["--quick", "--jobs", "1", "--set", "generated.train_images=64",
         "--set", "generated.val_images=32", "--set", "sched.epochs=2"]
 
-
-@pytest.fixture(autouse=True)
-def pathfinder_generator(monkeypatch):
-    """The long-range generator comes from another branch: until it is merged, tests that
-    consume it use a stand-in with its signature."""
-    try:
-        import grootvl.data.pathfinder  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "grootvl.data.pathfinder", pathfinder_standin.module())
 
 
 def _ablate(capsys, out, *args) -> tuple[int, str]:

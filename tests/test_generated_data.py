@@ -2,23 +2,13 @@
 classification task reads, and the errors that name the config key."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
 
-import pathfinder_standin
 from grootvl.data import ArrayImageDataset, check_generated, digits_arrays, generated_datasets
 from grootvl.errors import UserError
 
-
-@pytest.fixture
-def pathfinder_generator(monkeypatch):
-    """The long-range generator comes from another branch: a stand-in until it is merged."""
-    try:
-        import grootvl.data.pathfinder  # noqa: F401
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "grootvl.data.pathfinder", pathfinder_standin.module())
 
 
 def test_array_dataset_normalises_like_to_tensor_and_normalize():
@@ -42,7 +32,7 @@ def test_digits_subsets_and_classes():
     assert full_x.dtype == torch.uint8 and full_x.shape[1:] == (16, 16)
 
 
-def test_pathfinder_validation_images_continue_the_training_stream(pathfinder_generator):
+def test_pathfinder_validation_images_continue_the_training_stream():
     from grootvl.data.pathfinder import pathfinder
 
     train, val, classes = generated_datasets("pathfinder", 24, 6, 4, seed=3)
@@ -63,7 +53,7 @@ def test_pathfinder_validation_images_continue_the_training_stream(pathfinder_ge
     (("mnist", 32), "generated.name = 'mnist': not a generated data set; use one of digits, "
                     "pathfinder"),
 ])
-def test_bad_settings_name_the_config_key(args, message, pathfinder_generator):
+def test_bad_settings_name_the_config_key(args, message):
     with pytest.raises(UserError, match=message):
         check_generated(*args)
     with pytest.raises(UserError, match=message):
