@@ -35,8 +35,8 @@ def test_digits_subsets_and_classes():
 def test_pathfinder_validation_images_continue_the_training_stream():
     from grootvl.data.pathfinder import pathfinder
 
-    train, val, classes = generated_datasets("pathfinder", 24, 6, 4, seed=3)
-    images, labels = pathfinder(10, 24, 3)
+    train, val, classes = generated_datasets("pathfinder", 32, 6, 4, seed=3)
+    images, labels = pathfinder(10, 32, 3)
     assert torch.equal(torch.cat([train.images, val.images]), images)
     assert torch.equal(torch.cat([train.labels, val.labels]), labels)
     assert len(classes) == 2

@@ -32,12 +32,12 @@ STAMP = "pathfinder.json"
 
 #: Default difficulty; see :func:`pathfinder` for the meaning of each knob.
 DIFFICULTY_DEFAULTS = {
-    "arm_segments": 4,
-    "segment_length": 2.5,
+    "arm_segments": 5,
+    "segment_length": 2.0,
     "max_turn": 25.0,
     "tilt": 45.0,
-    "num_distractors": 1,
-    "distractor_segments": 2,
+    "num_distractors": 2,
+    "distractor_segments": 3,
     "line_width": 2.0,
     "marker_size": 4,
     "spacing": 2,
@@ -101,16 +101,16 @@ def pathfinder(num_images: int, size: int = 32, seed: int = 0, *, start: int = 0
         **difficulty: the knobs below (defaults in ``DIFFICULTY_DEFAULTS``).
 
     Difficulty knobs:
-        arm_segments (4): steps of each of the four arms; each curve is arm, square side,
+        arm_segments (5): steps of each of the four arms; each curve is arm, square side,
             arm, so a marker-to-marker path is about ``2 * arm_segments * segment_length``
             pixels long.
-        segment_length (2.5): pixels per step.
+        segment_length (2.0): pixels per step.
         max_turn (25.0): largest change of heading between two steps, in degrees (smaller:
             smoother, straighter curves).
         tilt (45.0): largest random rotation of the central square, in degrees (45: any
             orientation).
-        num_distractors (1): extra unmarked curves of ``distractor_segments`` steps.
-        distractor_segments (2): steps of each distractor curve.
+        num_distractors (2): extra unmarked curves of ``distractor_segments`` steps.
+        distractor_segments (3): steps of each distractor curve.
         line_width (2.0): stroke width in pixels (a pixel is lit when its centre lies within
             ``max(0.5, line_width / 2)`` of the curve).
         marker_size (4): side of the square markers, in pixels.
@@ -125,7 +125,7 @@ def pathfinder(num_images: int, size: int = 32, seed: int = 0, *, start: int = 0
     Compared with the Long Range Arena's Pathfinder-32 (32x32 images from Linsley et al.'s
     generator; its "hard" level draws paths of 14 dashed paddles with 5 short distractor
     snakes, thin anti-aliased strokes), the defaults are easier: solid 2-pixel strokes,
-    2-pixel gaps between curves, arms of 4 steps of 2.5 pixels and one distractor. They
+    2-pixel gaps between curves, arms of 5 steps of 2 pixels and two distractors of 3 steps. They
     are calibrated so that a small GrootV learns the task on a CPU within
     ``grootvl ablate``'s budget (thinner, longer or dashed curves left every small model we
     tried at chance within that budget). The knobs reach LRA-like settings
