@@ -60,3 +60,29 @@ def test_counts_follow_input_size_and_reject_bad_arguments():
         count_flops_params(model, input_size=(64, 64))
     with pytest.raises(TypeError, match="model_or_name"):
         count_flops_params(3)
+
+
+def test_tree_work_follows_the_scan_topology():
+    shape = dict(batch=1, height=4, width=5, channels=3)
+    tree = tree_work(**shape)
+    assert tree == tree_work(**shape, topology="tree", root="all", tree_cost="cosine")
+    cost, mst, scan = tree
+    # chains: no edge costs and no MST (built once, cached); cross scans two of them
+    assert tree_work(**shape, topology="raster") == (0.0, 0.0, scan)
+    assert tree_work(**shape, topology="cross") == (0.0, 0.0, 2 * scan)
+    # a random tree needs an MST but no pass over the features
+    assert tree_work(**shape, topology="random") == (0.0, mst, scan)
+    # one root: the subtree scan is the up pass only (1 of the full scan's 4 operations)
+    assert tree_work(**shape, root="last") == (cost, mst, scan / 4)
+    assert tree_work(**shape, tree_cost="l1") == tree_work(**shape, tree_cost="l2") == (2 * cost / 3, mst, scan)
+
+
+def test_counts_record_each_layers_scan_options():
+    from grootvl.models import GrootV
+
+    model = GrootV(channels=8, depths=(1, 1, 1, 1), num_classes=2, topology="cross", root="first")
+    report = count_flops_params(model, input_size=(3, 32, 32))
+    assert report.layer_options == [("cross", "first", "cosine")] * 4
+    expected = sum(tree_work(*shape, "cross", "first")[2] for shape in report.layer_shapes)
+    assert report.tree_gflops == {"cost": 0.0, "scan": pytest.approx(expected / 1e9)}
+    assert report.mst_comparisons == 0.0

@@ -25,7 +25,7 @@ ALLOWED = {
     "flops": {"models", "layers", "ops", "errors"},
     "data": {"files", "errors"},
     "engine": {"files", "errors"},
-    "tasks": {"engine", "data", "models", "visualize", "files", "errors"},
+    "tasks": {"engine", "data", "models", "visualize", "flops", "files", "errors"},
     "cli": {"tasks", "engine", "data", "models", "grootl", "visualize", "flops", "layers", "ops",
             "files", "errors"},
 }

@@ -11,7 +11,8 @@ ours are ``torch.library`` custom ops that fvcore skips likewise (they show up i
 per-position (D x 1)(1 x 1) ``matmul`` (counted 1 FLOP per element), ours fuses it with the
 skip term into ``addcmul``, which is given the same count here. ``count_flops_params``
 reports that total and, separately, an estimate of the tree work from the shapes each Tree
-SSM layer saw.
+SSM layer saw and the graph it scans (``topology``, ``root``, ``tree_cost``: see
+docs/design.md, "Scan topologies").
 """
 from __future__ import annotations
 
@@ -32,11 +33,10 @@ class FlopReport:
         params: number of parameters (buffers excluded).
         gflops: fvcore default count in GFLOPs (multiply-add = 1), tree operations excluded.
         by_operator: fvcore GFLOPs per operator type (conv, linear, layer_norm, ...).
-        tree_gflops: estimated tree work in GFLOPs: ``cost`` (cosine similarities of the
-            4-neighbour edges: 3 multiply-adds per channel and edge), ``scan`` (full scan:
-            1 multiply-add per vertex and channel up, 3 multiplies down).
+        tree_gflops: estimated tree work in GFLOPs (see :func:`tree_work`): ``cost`` (edge
+            costs of the feature trees), ``scan`` (the scans).
         mst_comparisons: estimated comparisons of the spanning-tree construction, E·log2(E)
-            per layer (sorting-based bound; Borůvka does about as many).
+            per layer that builds an MST (sorting-based bound; Borůvka does about as many).
         unsupported_ops: operators fvcore skipped, with call counts.
         input_size: (C, H, W) counted, batch size 1.
     """
@@ -49,6 +49,7 @@ class FlopReport:
     unsupported_ops: dict[str, int]
     input_size: tuple[int, int, int]
     layer_shapes: list[tuple[int, int, int, int]] = field(default_factory=list, repr=False)
+    layer_options: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
 
     def summary(self) -> str:
         """Human-readable multi-line summary."""
@@ -60,14 +61,29 @@ class FlopReport:
                 f"comparisons over {len(self.layer_shapes)} Tree SSM layers")
 
 
-def tree_work(batch: int, height: int, width: int, channels: int) -> tuple[float, float, float]:
-    """(cost FLOPs, MST comparisons, scan FLOPs) of one Tree SSM layer on (B, H, W, D)."""
+COST_OPS_PER_CHANNEL = {"cosine": 3.0, "l2": 2.0, "l1": 2.0}
+
+
+def tree_work(batch: int, height: int, width: int, channels: int, topology: str = "tree",
+              root: str = "all", tree_cost: str = "cosine") -> tuple[float, float, float]:
+    """(cost FLOPs, MST comparisons, scan FLOPs) of one Tree SSM layer on (B, H, W, D).
+
+    Edge costs (``topology="tree"`` only), per channel and 4-neighbour edge: cosine 3
+    multiply-adds (a dot product and two squared norms), l2 a subtraction and a multiply-add,
+    l1 a subtraction and an absolute-value addition. MST comparisons: E·log2(E) for
+    ``"tree"`` and ``"random"`` (whose random costs cost no pass over the features); the
+    chains of ``"raster"`` and ``"cross"`` are built once and cached. Scan, per vertex and
+    channel: the full scan (``root="all"``) 1 multiply-add up and 3 multiplies down, the
+    subtree scan (``"first"``/``"last"``) the up pass only; ``"cross"`` scans two chains.
+    """
     vertices = height * width
     edges = (height - 1) * width + height * (width - 1)
-    cost = 3.0 * channels * edges * batch
-    mst = batch * edges * math.log2(edges) if edges > 1 else 0.0
-    scan = 4.0 * channels * max(vertices - 1, 0) * batch
-    return cost, mst, scan
+    cost = COST_OPS_PER_CHANNEL[tree_cost] * channels * edges * batch if topology == "tree" else 0.0
+    builds_mst = topology in ("tree", "random") and edges > 1
+    mst = batch * edges * math.log2(edges) if builds_mst else 0.0
+    per_vertex = 4.0 if root == "all" else 1.0
+    scan = per_vertex * channels * max(vertices - 1, 0) * batch
+    return cost, mst, 2 * scan if topology == "cross" else scan
 
 
 def count_flops_params(model_or_name: nn.Module | str,
@@ -106,7 +122,9 @@ def count_flops_params(model_or_name: nn.Module | str,
 
     ssm_layers = [m for m in model.modules() if isinstance(m, TreeSSM)]
     shapes: list[tuple[int, int, int, int]] = []
-    handles = [m.register_forward_pre_hook(_with_placeholder_tree(shapes)) for m in ssm_layers]
+    options: list[tuple[str, str, str]] = []
+    handles = [m.register_forward_pre_hook(_with_placeholder_tree(shapes, options))
+               for m in ssm_layers]
     was_training = model.training
     model.eval()
     try:
@@ -123,11 +141,11 @@ def count_flops_params(model_or_name: nn.Module | str,
         for handle in handles:
             handle.remove()
     cost = mst = scan = 0.0
-    for b, h, w, d in shapes:
-        c, m_, s = tree_work(b, h, w, d)
+    for shape, option in zip(shapes, options):
+        c, m_, s = tree_work(*shape, *option)
         cost, mst, scan = cost + c, mst + m_, scan + s
     return FlopReport(params, total / 1e9, by_operator, {"cost": cost / 1e9, "scan": scan / 1e9},
-                      mst, unsupported, tuple(input_size), shapes)
+                      mst, unsupported, tuple(input_size), shapes, options)
 
 
 def _addcmul_as_matmul(inputs, outputs) -> int:
@@ -137,22 +155,26 @@ def _addcmul_as_matmul(inputs, outputs) -> int:
     return math.prod(get_shape(outputs[0]))
 
 
-def _with_placeholder_tree(shapes: list):
+def _with_placeholder_tree(shapes: list, options: list):
     """Forward pre-hook for Tree SSM layers while fvcore traces the model.
 
     fvcore's counts do not depend on which spanning tree the scan runs over (the scan and
     the tree construction are not counted; the tree work is estimated from shapes), so each
     layer gets a fixed "comb" spanning tree of its grid instead of building the MST. That
     keeps tree construction out of the ``torch.jit.trace`` graph, where the original's
-    was invisible too (a custom autograd function), and records the layer's shape.
+    was invisible too (a custom autograd function), and records the layer's shape and
+    scan options.
     """
     def hook(module, args):
         x = args[0]
         batch, height, width = (int(s) for s in x.shape[:3])
         shapes.append((batch, height, width, module.d_inner))
+        topology = getattr(module, "topology", "tree")
+        options.append((topology, getattr(module, "root", "all"),
+                        getattr(module, "tree_cost", "cosine")))
         tree = _comb_tree(batch, height, width, x.device)
         # topology "cross" scans two chains and takes them as a pair
-        return (x, (tree, tree) if getattr(module, "topology", "tree") == "cross" else tree)
+        return (x, (tree, tree) if topology == "cross" else tree)
     return hook
 
 

@@ -20,10 +20,19 @@ def register(subparsers) -> None:
     _register_flops(subparsers)
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="grootv_tiny", help="timm model name (default: %(default)s)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--in-chans", type=int, default=3)
+def _model_options(p: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
+    """--model/--num-classes/--in-chans/--set; ``from_checkpoint``: unset values come from the
+    --checkpoint's saved config (see :func:`_visualized_model`), then the usual defaults."""
+    defaults = {"model": "grootv_tiny", "num_classes": 1000, "in_chans": 3}
+    shown = {k: f"the checkpoint's, else {v}" if from_checkpoint else v for k, v in defaults.items()}
+    if from_checkpoint:
+        defaults = dict.fromkeys(defaults)
+    p.add_argument("--model", default=defaults["model"],
+                   help=f"timm model name (default: {shown['model']})")
+    p.add_argument("--num-classes", type=int, default=defaults["num_classes"],
+                   help=f"default: {shown['num_classes']}")
+    p.add_argument("--in-chans", type=int, default=defaults["in_chans"],
+                   help=f"default: {shown['in_chans']}")
     p.add_argument("--set", dest="model_kwargs", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model keyword argument (YAML value), e.g. --set tree_sharing=stage")
 
@@ -201,7 +210,8 @@ def run_flops(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # fvcore's tracer warnings are noise here
         report = count_flops_params(model, (args.in_chans, args.img_size, args.img_size))
-    fields = {k: v for k, v in dataclasses.asdict(report).items() if k != "layer_shapes"}
+    fields = {k: v for k, v in dataclasses.asdict(report).items()
+              if k not in ("layer_shapes", "layer_options")}
     print(report.summary(), file=sys.stderr)
     print_json_result({"model": args.model, **fields}, args.json_out)
     return 0
@@ -223,8 +233,9 @@ def _register_visualize(subparsers) -> None:
     p.add_argument("--checkpoint", help="weights to load (default: random init, whose tree "
                    "already follows local colour similarity)")
     p.add_argument("--use-ema", action="store_true", help="load the checkpoint's EMA weights")
-    _model_options(p)
-    p.add_argument("--img-size", type=int, default=224, help="model input size (square resize)")
+    _model_options(p, from_checkpoint=True)
+    p.add_argument("--img-size", type=int, help="model input size (square resize; default: the "
+                   "checkpoint's, else 224)")
     p.add_argument("--stage", type=int, default=0, help="stage index (default: %(default)s)")
     p.add_argument("--block", type=int, default=0, help="block index within the stage")
     p.add_argument("--pixel", type=float, nargs=2, metavar=("ROW", "COL"),
@@ -236,20 +247,46 @@ def _register_visualize(subparsers) -> None:
                              "block": "--block", "pixel": "--pixel"}))
 
 
+def _visualized_model(args):
+    """The model to draw and its input normalisation. With a ``grootvl train`` checkpoint it is
+    the model the run trained (``model.name`` and ``model.kwargs``, classes, input channels,
+    size and normalisation of its saved config, validated like any config); options given on
+    the command line win."""
+    from grootvl.engine.config import parse_override
+    from grootvl.models.factory import create_model
+    from grootvl.models.weights import load_weights
+
+    kwargs = dict(parse_override(text) for text in args.model_kwargs)
+    name, saved, data, classes = args.model or "grootv_tiny", {}, None, None
+    if args.checkpoint:
+        from grootvl.engine.snapshots import read_snapshot_meta
+        from grootvl.tasks.classification import eval_model_spec
+        from grootvl.tasks.config import config_from_snapshot
+
+        meta = read_snapshot_meta(args.checkpoint)
+        name, saved = eval_model_spec(meta, args.model, args.checkpoint)
+        if isinstance(meta.get("config"), dict):
+            data = config_from_snapshot(meta, args.checkpoint).data
+        classes = len(meta["classes"]) if meta.get("classes") else None
+    args.in_chans = args.in_chans or (data.in_chans if data else 3)
+    args.img_size = args.img_size or (data.img_size if data else 224)
+    model = create_model(name, args.num_classes or classes or 1000, args.in_chans,
+                         **{**saved, **kwargs})
+    if args.checkpoint:
+        load_weights(model, args.checkpoint, use_ema=args.use_ema, model_name=name)
+    return model, {"mean": data.mean, "std": data.std} if data else {}
+
+
 def run_visualize(args) -> int:
     from grootvl import visualize as V
     from grootvl.engine.distributed import resolve_device
 
     out_dir = output_folder(args.output, "--output")
     images = V.load_images(args.image)
-    model = _build_model(args)
-    if args.checkpoint:
-        from grootvl.models.weights import load_weights
-
-        load_weights(model, args.checkpoint, use_ema=args.use_ema, model_name=args.model)
+    model, normalise = _visualized_model(args)
     model.to(resolve_device(args.device))
     for name, pil in images:
-        tensor = V.preprocess(pil, args.img_size, in_chans=args.in_chans)
+        tensor = V.preprocess(pil, args.img_size, in_chans=args.in_chans, **normalise)
         path = out_dir / f"{Path(name).stem}_stage{args.stage}_block{args.block}.png"
         V.render_tree_figure(model, tensor, pil.resize((args.img_size, args.img_size)), path,
                              stage=args.stage, block=args.block,

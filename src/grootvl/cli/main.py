@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = [
     "grootvl.cli.inspect",    # benchmark, visualize, flops
     "grootvl.cli.lm",         # lm-finetune, lm-merge, lm-demo
     "grootvl.cli.dense",      # det-train, det-eval, seg-train, seg-eval
+    "grootvl.cli.ablate",     # ablate
 ]
 
 

@@ -26,8 +26,12 @@ class ModelOptions(ConfigSection):
     in_chans: ImageChannels
 
 
-class VisualizeOptions(ModelOptions):
-    img_size: ImageSize
+class VisualizeOptions(ConfigSection):
+    """None: the --checkpoint's saved config, else the usual default (``_visualized_model``)."""
+
+    num_classes: int | None = Field(None, ge=0, le=MAX_CLASSES)
+    in_chans: ImageChannels | None = None
+    img_size: ImageSize | None = None
     stage: NonNegativeInt
     block: NonNegativeInt
     pixel: tuple[float, float] | None = None

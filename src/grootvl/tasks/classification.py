@@ -1,8 +1,9 @@
 """Image classification on image folders, any timm model: the task and ``grootvl eval``.
 
-Data: ``DIR/<split>/<class>/<image>`` (ImageNet's layout). Training uses timm's transforms,
-mixup/cutmix and soft-target or label-smoothing cross-entropy; evaluation reports top-1,
-top-5 (percent) and cross-entropy.
+Data: ``DIR/<split>/<class>/<image>`` (ImageNet's layout), or a data set generated in memory
+(the ``generated`` section: digits, pathfinder). Training on folders uses timm's transforms,
+mixup/cutmix and soft-target or label-smoothing cross-entropy; generated images are used as
+they are. Evaluation reports top-1, top-5 (percent) and cross-entropy.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..data import ImageFolderDataset, build_transform
+from ..data import ImageFolderDataset, build_transform, generated_datasets
 from ..engine import distributed as D
 from ..engine.amp import resolve_amp
 from ..engine.evaluation import evaluate
@@ -114,6 +115,17 @@ class ClassificationTask:
         self.criterion: nn.Module | None = None
 
     def datasets(self):
+        train, val = self._generated() if self.cfg.generated.name else self._folders()
+        aug = self.cfg.aug
+        self.mixup = None if self.cfg.generated.name else build_mixup(aug, len(self.classes))
+        if self.mixup is not None and self.cfg.train.batch_size % 2:
+            raise UserError(f"mixup/cutmix needs an even --batch-size (got "
+                            f"{self.cfg.train.batch_size}); or disable them with --set "
+                            "aug.mixup=0 --set aug.cutmix=0")
+        self.criterion = build_train_criterion(aug, self.mixup is not None)
+        return train, val
+
+    def _folders(self):
         data, aug = self.cfg.data, self.cfg.aug
         if not data.path:
             raise UserError("no data folder given: pass --data DIR (DIR/train and DIR/val hold "
@@ -129,12 +141,14 @@ class ClassificationTask:
                                  what="validation folder (data.val_split)",
                                  transform=build_transform(data, aug, is_training=False))
         self.classes = train.classes
-        self.mixup = build_mixup(aug, len(self.classes))
-        if self.mixup is not None and self.cfg.train.batch_size % 2:
-            raise UserError(f"mixup/cutmix needs an even --batch-size (got "
-                            f"{self.cfg.train.batch_size}); or disable them with --set "
-                            "aug.mixup=0 --set aug.cutmix=0")
-        self.criterion = build_train_criterion(aug, self.mixup is not None)
+        return train, val
+
+    def _generated(self):
+        """The ``generated`` section's data set, in memory (no augmentation)."""
+        gen, data = self.cfg.generated, self.cfg.data
+        train, val, self.classes = generated_datasets(
+            gen.name, data.img_size, gen.train_images, gen.val_images, gen.seed, gen.options,
+            data.mean, data.std, data.in_chans)
         return train, val
 
     def build_model(self, log: bool = True) -> nn.Module:
@@ -185,7 +199,8 @@ class ClassificationTask:
                      "the snapshot", path, len(renamed), ", ".join(renamed[:5]))
 
     def describe(self) -> dict:
-        return {"model": self.cfg.model.name, "classes": len(self.classes)}
+        return {"model": self.cfg.model.name, "classes": len(self.classes),
+                "data": self.cfg.generated.name or self.cfg.data.path}
 
 
 # ------------------------------------------------------------------------------ grootvl eval

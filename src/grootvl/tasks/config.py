@@ -14,6 +14,7 @@ from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Po
                       field_validator)
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ..data import GENERATED
 from ..engine.config import ConfigSection, build_config, config_from_dict
 from ..engine.schema import EmaConfig, OptimConfig, SchedConfig, TrainConfig
 
@@ -123,6 +124,23 @@ def check_auto_augment(spec: str) -> None:
                              f"of {', '.join(keys)}), e.g. rand-m9-mstd0.5-inc1")
 
 
+class GeneratedConfig(ConfigSection):
+    name: Literal[GENERATED] | None = Field(
+        None, description="classification: train and validate on a data set generated in "
+        "memory instead of the folder data.path: digits (scikit-learn's, 8x8 upsampled to "
+        "data.img_size) | pathfinder (the long-range task, data.img_size pixels); grey images "
+        "used as they are (aug's transforms, mixup and cutmix off; aug.label_smoothing "
+        "applies); null: read data.path")
+    train_images: PositiveInt | None = Field(
+        None, description="training images (digits: the first ones of 1437, null: all)")
+    val_images: PositiveInt | None = Field(
+        None, description="validation images (digits: the first ones of 360, null: all)")
+    seed: NonNegativeInt = Field(0, description="the data set's seed (digits: its split)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="generator keyword arguments (pathfinder: the "
+        "difficulty knobs of grootvl.data.pathfinder)")
+
+
 class DetectionConfig(ConfigSection):
     train_images: str | None = Field(None, description="null: DATA/train_split")
     train_ann: str | None = Field(
@@ -171,6 +189,8 @@ class RunConfig(ConfigSection):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     aug: AugConfig = Field(default_factory=AugConfig, description="classification only")
+    generated: GeneratedConfig = Field(default_factory=GeneratedConfig,
+                                       description="classification only")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     sched: SchedConfig = Field(default_factory=SchedConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)
