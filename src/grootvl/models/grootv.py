@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -27,6 +27,11 @@ from ..ops import Tree
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
 
 TREE_SHARING = ("block", "stage")
+
+# torch.fx cannot trace a TreeSSM (its spanning tree depends on the data): FX tracers that
+# use timm's registry (timm's and torchvision's feature extractors given timm's
+# get_notrace_modules(), features_only with feature_cls="fx") keep it as one leaf call.
+register_notrace_module(TreeSSM)
 
 
 class Permute(nn.Module):

@@ -7,9 +7,12 @@ in one numba kernel, one image per thread; otherwise stage by stage, each in par
 
 Tree construction is registered as custom ops (``grootvl::grid_tree``, ``grootvl::bfs_tree``
 and, in ``mst.py``, ``grootvl::minimum_spanning_tree``) so ``torch.compile`` keeps each as one
-opaque node. Their output shapes are static except ``level_offsets``, whose length (tree depth
-+ 1) is data-dependent: the fake impls allocate it with an unbacked dynamic size, so compiled
-graphs stay valid for any depth.
+opaque node. The length of ``level_offsets`` (tree depth + 1) is data-dependent. An operator
+whose output shape depends on data makes Dynamo break the graph (unless the user turns on
+``capture_dynamic_output_shape_ops``), and the graph resumed after such a break failed to
+compile with dynamic shapes. So while compiling or exporting, the wrappers ask the ops for
+``level_offsets`` padded to the static width L + 1 (the padding value L marks a level past a
+row's last one, as for shorter rows); ``tree_scan`` cuts the padding off again inside its op.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ class Tree:
         parent: (B, L) ``parent[b, v]`` is the parent of vertex ``v``; -1 at the root.
         level_offsets: (B, D+1) level ``d`` of row ``b`` is ``order[b, off[b, d]:off[b, d+1]]``;
             D is the largest number of levels in the batch, shorter rows are padded with L,
-            and ``level_offsets[:, 0] == 0``.
+            and ``level_offsets[:, 0] == 0``. Trees built inside ``torch.compile`` or
+            ``torch.export`` have D = L (padded with L): their depth is data-dependent.
     """
 
     order: Tensor
@@ -104,20 +108,39 @@ def grid_edges(height: int, width: int, device: torch.device | str | None = None
 
 
 @torch.library.custom_op("grootvl::bfs_tree", mutates_args=())
-def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _bfs_impl(tree_edges, num_vertices, root, impl)
+def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str,
+            pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return _padded(_bfs_impl(tree_edges, num_vertices, root, impl), num_vertices, pad_levels)
 
 
 @_bfs_op.register_fake
-def _(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _fake_tree(tree_edges, tree_edges.shape[0], num_vertices)
+def _(tree_edges: Tensor, num_vertices: int, root: int, impl: str,
+      pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return _fake_tree(tree_edges, tree_edges.shape[0], num_vertices, pad_levels)
 
 
-def _fake_tree(like: Tensor, batch: int, num_vertices: int) -> tuple[Tensor, Tensor, Tensor]:
-    num_offsets = torch.library.get_ctx().new_dynamic_size()  # tree depth + 1: data-dependent
+def _fake_tree(like: Tensor, batch: int, num_vertices, pad_levels: bool
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    # tree depth + 1 is data-dependent: an unbacked size, unless padded to its bound L + 1
+    num_offsets = num_vertices + 1 if pad_levels else torch.library.get_ctx().new_dynamic_size()
     shape = (batch, num_vertices)
     return (like.new_empty(shape, dtype=torch.long), like.new_empty(shape, dtype=torch.long),
             like.new_empty((batch, num_offsets), dtype=torch.long))
+
+
+def _padded(tree: tuple[Tensor, Tensor, Tensor], num_vertices: int, pad_levels: bool
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """The op's output, level_offsets padded with num_vertices to L + 1 columns if asked."""
+    order, parent, level_offsets = tree
+    if pad_levels:
+        missing = num_vertices + 1 - level_offsets.shape[1]
+        level_offsets = torch.nn.functional.pad(level_offsets, (0, missing), value=num_vertices)
+    return order, parent, level_offsets
+
+
+def _static_levels() -> bool:
+    """Whether level_offsets must have a static shape: while compiling or exporting."""
+    return torch.compiler.is_compiling()
 
 
 def _bfs_impl(tree_edges: Tensor, num_vertices: int, root: int, impl: str,
@@ -192,7 +215,8 @@ def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | N
     if not isinstance(root, int) or isinstance(root, bool) or not 0 <= root < num_vertices:
         raise ValueError(f"root must be an int vertex id in [0, {num_vertices - 1}], got {root!r}")
     impl = check_impl(impl, tree_edges.device)
-    order, parent, level_offsets = _bfs_op(tree_edges.long(), num_vertices, root, impl)
+    order, parent, level_offsets = _bfs_op(tree_edges.long(), num_vertices, root, impl,
+                                           _static_levels())
     return Tree(order, parent, level_offsets)
 
 
@@ -254,21 +278,24 @@ def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None
 
 
 @torch.library.custom_op("grootvl::grid_tree", mutates_args=())
-def _grid_tree_op(guide: Tensor, cost: str, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+def _grid_tree_op(guide: Tensor, cost: str, impl: str,
+                  pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     batch, _, height, width = guide.shape
     num_vertices = height * width
     if impl == "numba" and batch >= _numba_threads():
-        return _grid_tree_fused(guide, cost)
+        return _padded(_grid_tree_fused(guide, cost), num_vertices, pad_levels)
     with _autocast_off(guide.device):
         costs = grid_edge_costs(guide, cost, impl=impl)
     edges = grid_edges(height, width, device=guide.device)
     tree_edges = mst_impl(edges, costs, num_vertices, impl, check_edges=False)
-    return _bfs_impl(tree_edges, num_vertices, 0, impl, check_tree=False)
+    return _padded(_bfs_impl(tree_edges, num_vertices, 0, impl, check_tree=False), num_vertices,
+                   pad_levels)
 
 
 @_grid_tree_op.register_fake
-def _(guide: Tensor, cost: str, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _fake_tree(guide, guide.shape[0], guide.shape[2] * guide.shape[3])
+def _(guide: Tensor, cost: str, impl: str, pad_levels: bool = False
+      ) -> tuple[Tensor, Tensor, Tensor]:
+    return _fake_tree(guide, guide.shape[0], guide.shape[2] * guide.shape[3], pad_levels)
 
 
 def _numba_threads() -> int:
@@ -323,7 +350,7 @@ def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> T
     """
     _check_guide(guide, cost)
     impl = check_impl(impl, guide.device)
-    return Tree(*_grid_tree_op(guide.detach(), cost, impl))
+    return Tree(*_grid_tree_op(guide.detach(), cost, impl, _static_levels()))
 
 
 def _check_guide(guide: Tensor, cost: str) -> None:
