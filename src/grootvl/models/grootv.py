@@ -197,7 +197,9 @@ class GrootV(nn.Module):
                 stage_chs[i], depth, rates[first:first + depth], downsample=i < num_stages - 1,
                 mlp_ratio=mlp_ratio, tree_sharing=tree_sharing, tree_cost=tree_cost,
                 scan_impl=scan_impl, tree_impl=tree_impl))
-            self.feature_info.append(dict(num_chs=stage_chs[i], reduction=4 * 2 ** i, module=f"levels.{i}"))
+            # the stage's norm: its output is the feature map (the downsampling that follows
+            # is a child of the stage too, so "levels.{i}" would name its output for FX)
+            self.feature_info.append(dict(num_chs=stage_chs[i], reduction=4 * 2 ** i, module=f"levels.{i}.norm"))
         self.conv_head = nn.Sequential(
             nn.Conv2d(stage_chs[-1], self.num_features, 1, bias=False),
             nn.Sequential(nn.BatchNorm2d(self.num_features)),
@@ -382,10 +384,14 @@ def _pretrained_source(variant: str, kwargs: dict) -> None:
 def _create_grootv(variant: str, pretrained: bool = False, **kwargs) -> GrootV:
     if pretrained:
         _pretrained_source(variant, kwargs)
+    feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
+    if kwargs.get("feature_cls", "getter") != "getter":
+        # hook/fx/list wrappers return the stages' own (channels-last) outputs: say so
+        feature_cfg["output_fmt"] = "NHWC"
     return build_model_with_cfg(
         GrootV, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        feature_cfg=feature_cfg,
         **kwargs,
     )
 
