@@ -19,6 +19,7 @@ stored in ``grootvl train`` checkpoints, or from the caller.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from os import PathLike
@@ -182,8 +183,10 @@ def build_from_checkpoint(checkpoint: str | PathLike, *, model_name: str | None 
                      _data_config(train_cfg, kwargs["in_chans"]), card, source)
 
 
+@functools.lru_cache(maxsize=None)
 def _variant_kwargs(name: str) -> dict[str, Any]:
-    """The state-dict-visible arguments of a registered variant (built on the meta device)."""
+    """The state-dict-visible arguments of a registered variant (built on the meta device;
+    callers must not modify the result)."""
     import timm
 
     with torch.device("meta"):

@@ -1,0 +1,131 @@
+"""torch.compile (default arguments, dynamic shapes, training) and torch.export of GrootV.
+
+Inductor compiles C++ on first use (about a minute on a small machine, cached in the inductor
+cache afterwards), so only ``test_compiled_training_and_inference_match_eager`` uses it; the
+graph-break checks use Dynamo alone (``explain``) or the ``aot_eager`` backend.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+
+import grootvl  # noqa: F401  registers grootv_*
+from grootvl.compile import compile_model
+from grootvl.models.grootv import GrootVBlock
+from grootvl.ops import grid_tree, tree_scan
+from grootvl.ops.tree_scan import _drop_padded_levels
+
+TINY = dict(channels=8, depths=(1, 2), num_classes=4, drop_path_rate=0.0)
+
+
+def tiny(**kwargs):
+    torch.manual_seed(0)
+    return timm.create_model("grootv_tiny", **{**TINY, **kwargs})
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_no_graph_break_in_a_model(train):
+    model = tiny(tree_sharing="stage").train(train)
+    with torch.set_grad_enabled(train):
+        explained = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_block_compiles_as_one_graph_with_gradients_equal_to_eager():
+    block = GrootVBlock(8).train()
+    compiled = copy.deepcopy(block)
+    compiled.compile(fullgraph=True, backend="aot_eager")  # fullgraph: a break would raise
+    x = torch.randn(2, 5, 6, 8)
+    results = []
+    for module in (block, compiled):
+        xi = x.clone().requires_grad_(True)
+        y, tree = module(xi)
+        y.square().mean().backward()
+        results.append((y, xi.grad, [p.grad for p in module.parameters()], tree))
+    (y0, g0, p0, t0), (y1, g1, p1, t1) = results
+    torch.testing.assert_close(y1, y0)
+    torch.testing.assert_close(g1, g0)
+    for a, b in zip(p1, p0):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(t1.order, t0.order) and torch.equal(t1.parent, t0.parent)
+
+
+def test_trees_built_while_compiling_have_static_level_width():
+    """level_offsets comes padded with L to L + 1 columns; tree_scan gives the same result."""
+    guide = torch.randn(3, 4, 5, 6)
+    x, decay = torch.randn(3, 30, 7), torch.rand(3, 30, 7)
+
+    def scan(g, a, d, impl):
+        return tree_scan(a, d, grid_tree(g), impl=impl), grid_tree(g).level_offsets
+
+    compiled = torch.compile(scan, fullgraph=True, backend="aot_eager")
+    for impl in ("numba", "torch", "reference"):
+        want, offsets = scan(guide, x, decay, impl)
+        got, padded = compiled(guide, x, decay, impl)
+        torch.testing.assert_close(got, want)
+        assert padded.shape == (3, 31) and torch.equal(_drop_padded_levels(padded, 30), offsets)
+
+
+def test_compile_model_keeps_state_dict_names_and_rejects_non_grootv():
+    model = compile_model(tiny())
+    assert list(model.state_dict()) == list(tiny().state_dict())
+    with pytest.raises(ValueError, match="has none; use regional=False"):
+        compile_model(torch.nn.Linear(2, 2), regional=True)
+
+
+@pytest.mark.slow
+def test_compiled_training_and_inference_match_eager():
+    """Default torch.compile (Inductor, dynamic shapes): several optimizer steps with a
+    changing batch size give the losses, gradients and weights of eager mode; then inference.
+    (SGD: Adam divides by the gradient's magnitude, which turns float rounding in near-zero
+    gradients into lr-sized weight differences.)"""
+    eager = tiny(depths=(1, 1)).train()  # two blocks: Inductor's compile time grows with the code
+    model = compile_model(copy.deepcopy(eager))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, model)]
+    gen = torch.Generator().manual_seed(1)
+    for batch in (2, 3, 4):
+        x = torch.randn(batch, 3, 16, 16, generator=gen)
+        target = torch.randint(0, 4, (batch,), generator=gen)
+        losses = []
+        for m, opt in zip((eager, model), opts):
+            loss = torch.nn.functional.cross_entropy(m(x), target)
+            loss.backward()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+        for (name, p0), p1 in zip(eager.named_parameters(), model.parameters()):
+            torch.testing.assert_close(p1.grad, p0.grad, rtol=1e-4, atol=1e-5, msg=name)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad()
+    for (name, p0), p1 in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p1, p0, rtol=1e-4, atol=1e-5, msg=name)
+    eager.eval(), model.eval()
+    with torch.inference_mode():
+        for batch in (2, 5):
+            x = torch.randn(batch, 3, 16, 16, generator=gen)
+            torch.testing.assert_close(model(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_export_with_dynamic_batch(tmp_path):
+    model = tiny().eval()
+    x = torch.randn(2, 3, 32, 32)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"grootvl.grid_tree.default", "grootvl.tree_scan.default"} <= targets
+    torch.export.save(program, tmp_path / "grootv.pt2")
+    loaded = torch.export.load(tmp_path / "grootv.pt2").module()
+    with torch.inference_mode():
+        for b in (1, 3):
+            xb = torch.randn(b, 3, 32, 32)
+            torch.testing.assert_close(loaded(xb), model(xb), rtol=1e-5, atol=1e-6)
