@@ -8,8 +8,12 @@ while compiling), so a GrootV block traces into one graph with no break, and dyn
 * it compiles **in place** (``nn.Module.compile``), so ``state_dict`` keys, EMA copies and
   checkpoints are those of the plain model (no ``_orig_mod.`` prefix);
 * ``regional=True`` compiles each GrootV block on its own with ``fullgraph=True`` instead of
-  the whole model: the blocks of a stage share one compiled graph, which cuts compile time
-  several-fold, and a graph break inside a block is an error instead of a silent slowdown.
+  the whole model: the blocks of a stage share one compiled graph, and a graph break inside a
+  block is an error instead of a silent slowdown. Known limitation (PyTorch 2.14): blocks of
+  different stages share one code object, so Dynamo makes their spatial sizes dynamic, and
+  Inductor then fails to compile the *training* graph ("cannot determine truth value of
+  Relational", in its stride ordering of view outputs); regional inference works. Train
+  with the default whole-model compilation, whose graphs only have a dynamic batch size.
 
 Compiled CPU inference uses torch compositions of the element-wise SSM stages (fused by
 Inductor) rather than grootvl's fused numba kernels, which Dynamo cannot trace.
@@ -29,9 +33,9 @@ def compile_model(model: nn.Module, *, regional: bool = False, **compile_kwargs:
     Args:
         model: any ``nn.Module``; ``regional`` applies to GrootV models (and any model that
             holds ``GrootVBlock`` modules, e.g. a dense-prediction backbone).
-        regional: compile every ``GrootVBlock`` separately with ``fullgraph=True`` (faster to
-            compile; the stem, downsampling layers and head stay eager). Default: the whole
-            model as one compiled region.
+        regional: compile every ``GrootVBlock`` separately with ``fullgraph=True`` (the
+            stem, downsampling layers and head stay eager; inference only, see above).
+            Default: the whole model as one compiled region.
         **compile_kwargs: passed to ``torch.compile`` (``mode``, ``dynamic``, ``backend``...).
 
     Returns:
