@@ -23,7 +23,7 @@ import timm
 import torch
 
 import grootvl  # noqa: F401  registers grootv_*
-from grootvl.compile import compile_model
+from grootvl.models.compile import compile_model
 
 
 def _timed(fn) -> tuple[float, float]:

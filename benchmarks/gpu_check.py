@@ -387,7 +387,7 @@ def part2_compile() -> None:
 
     import timm
 
-    from grootvl.compile import compile_model
+    from grootvl.models.compile import compile_model
 
     batch = MODEL["train_batch"]
     backend = "aot_eager" if DRY else "inductor"

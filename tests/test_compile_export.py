@@ -13,7 +13,7 @@ import timm
 import torch
 
 import grootvl  # noqa: F401  registers grootv_*
-from grootvl.compile import compile_model
+from grootvl.models.compile import compile_model
 from grootvl.models.grootv import GrootVBlock
 from grootvl.ops import grid_tree, tree_scan
 from grootvl.ops.tree_scan import _drop_padded_levels

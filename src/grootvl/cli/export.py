@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from grootvl.engine.errors import UserError, cli_command
+from ..errors import UserError
+from .common import cli_command
 
 EPILOG = """\
 The folder holds config.json (architecture, its options, pretrained_cfg), model.safetensors and
@@ -44,8 +45,8 @@ def register(subparsers) -> None:
 
 
 def run_export(args) -> int:
-    from grootvl.engine.config import parse_override
-    from grootvl.models.hub import export_for_hub, push_to_hub
+    from ..engine.config import parse_override
+    from ..models.hub import export_for_hub, push_to_hub
 
     kwargs = dict(parse_override(text) for text in args.model_kwargs)
     try:

@@ -1,4 +1,4 @@
-"""GrootV backbones (DESIGN.md §5) and their timm registration.
+"""GrootV backbones (docs/design.md, "GrootV") and their timm registration.
 
 Module and parameter names reproduce the released GrootV checkpoints exactly (e.g.
 ``patch_embed.norm1.1.weight``, ``levels.2.blocks.4.TreeSSM.A_logs``,
@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models._manipulate import MATCH_PREV_GROUP
 
-from ..checkpoint import checkpoint_filter_fn, load_pretrained_into
-from ..layers import TreeSSM
-from ..ops import Tree
+from ..layers import TreeSSM, Trees
+from .weights import checkpoint_filter_fn, load_pretrained_into
 
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
 
@@ -95,8 +96,8 @@ class GrootVBlock(nn.Module):
         self.norm2 = nn.Sequential(_layer_norm(channels))
         self.mlp = Mlp(channels, int(channels * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: Tensor, tree: Tree | None = None) -> tuple[Tensor, Tree]:
-        """(B, H, W, C) -> ((B, H, W, C), tree used); ``tree`` None builds this block's own."""
+    def forward(self, x: Tensor, tree: Trees | None = None) -> tuple[Tensor, Trees]:
+        """(B, H, W, C) -> ((B, H, W, C), tree(s) used); ``tree`` None builds this block's own."""
         y, tree = self.TreeSSM(self.norm1(x), tree)
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -147,9 +148,16 @@ class GrootV(nn.Module):
         global_pool: ``"avg"`` or ``""`` (no pooling in ``forward_head``).
         tree_sharing: ``"block"`` (every block builds its own tree; the released
             checkpoints were trained this way) or ``"stage"`` (all blocks of a stage use the
-            tree built from the first block's guide; faster, see DESIGN.md §5).
-        tree_cost: spanning-tree edge cost, ``"cosine"`` or ``"l2"``.
+            tree built from the first block's guide; faster, see docs/design.md, "GrootV").
+            Works with every topology: for ``"random"`` the blocks of a stage share the
+            stage's random tree, for ``"cross"`` its pair of chains.
+        tree_cost: spanning-tree edge cost, ``"cosine"``, ``"l2"`` or ``"l1"``.
         scan_impl, tree_impl: ``grootvl.ops`` implementations (None: fastest for the device).
+        topology: ``"tree"`` (default), ``"raster"``, ``"cross"`` or ``"random"``: the graph
+            every TreeSSM layer scans over (see ``grootvl.layers.TreeSSM`` and
+            docs/design.md, "Scan topologies").
+        root: ``"all"`` (default; every pixel sees every other), ``"first"`` or ``"last"``
+            (one root at the first / last pixel, each pixel aggregates its subtree).
     """
 
     def __init__(
@@ -167,6 +175,8 @@ class GrootV(nn.Module):
         tree_cost: str = "cosine",
         scan_impl: str | None = None,
         tree_impl: str | None = None,
+        topology: str = "tree",
+        root: str = "all",
     ) -> None:
         super().__init__()
         if tree_sharing not in TREE_SHARING:
@@ -196,7 +206,7 @@ class GrootV(nn.Module):
             self.levels.append(GrootVStage(
                 stage_chs[i], depth, rates[first:first + depth], downsample=i < num_stages - 1,
                 mlp_ratio=mlp_ratio, tree_sharing=tree_sharing, tree_cost=tree_cost,
-                scan_impl=scan_impl, tree_impl=tree_impl))
+                scan_impl=scan_impl, tree_impl=tree_impl, topology=topology, root=root))
             # the stage's norm: its output is the feature map (the downsampling that follows
             # is a child of the stage too, so "levels.{i}" would name its output for FX)
             self.feature_info.append(dict(num_chs=stage_chs[i], reduction=4 * 2 ** i, module=f"levels.{i}.norm"))
@@ -227,14 +237,27 @@ class GrootV(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^levels\.(\d+)" if coarse else [
-                (r"^levels\.(\d+)\.blocks\.(\d+)", None),
-                (r"^levels\.(\d+)\.(norm|downsample)", (99998,)),
-                (r"^conv_head", (99999,)),
-            ],
-        )
+        """Parameter groups for timm (``param_groups_layer_decay``, ``group_parameters``).
+
+        Fine grouping is the layer-wise lr decay rule of the original GrootV dense recipes:
+        one layer per block, in order; the stem joins the first block; the norm and
+        downsampling that end stage s join the first block of stage s + 1 (the last stage's
+        norm, the head convolution and the classifier join the last block). With decay d,
+        block i of N trains at d ** (N - 1 - i) of the learning rate.
+        """
+        if coarse:
+            return dict(stem=r"^patch_embed", blocks=[(r"^levels\.(\d+)", None),
+                                                       (r"^conv_head", MATCH_PREV_GROUP)])
+        last = len(self.levels) - 1
+        # a suffix ending in MATCH_PREV_GROUP puts a match into the layer sorted just before it
+        join = MATCH_PREV_GROUP[0]
+        return dict(blocks=[
+            (r"^levels\.(\d+)\.blocks\.(\d+)\.", None),
+            (r"^patch_embed\.", (0, 0, join)),
+            *[(rf"^levels\.{s}\.(?:norm|downsample)\.", (s + 1, 0, join)) for s in range(last)],
+            (rf"^levels\.{last}\.(?:norm|downsample)\.", (last, self.depths[last] - 1, join)),
+            (r"^(?:conv_head|head)\.", (last, self.depths[last] - 1, join)),
+        ])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -340,8 +363,8 @@ def _cfg(**kwargs) -> dict:
         "pool_size": (7, 7),
         "crop_pct": 0.875,
         "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.conv1",
         "classifier": "head",
         "license": "mit",

@@ -29,6 +29,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from .weights import load_checkpoint, read_checkpoint_file, read_state_dict
+
 __all__ = ["HubExport", "export_for_hub", "grootv_kwargs_from_state", "push_to_hub"]
 
 VARIANTS = ("grootv_tiny", "grootv_small", "grootv_base")
@@ -138,17 +140,14 @@ def build_from_checkpoint(checkpoint: str | PathLike, *, model_name: str | None 
     """The model a checkpoint holds, with its weights loaded, and its hub metadata."""
     import timm
 
-    from ..checkpoint import load_checkpoint, read_state_dict
-    from ..engine.checkpoint import read_checkpoint_meta
-
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if num_classes is not None and num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    state, source = read_state_dict(path, use_ema=use_ema)
-    meta = {} if path.suffix == ".safetensors" else read_checkpoint_meta(path)
-    train_cfg = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    ckpt = read_checkpoint_file(path)
+    state, source = read_state_dict(ckpt, use_ema=use_ema)
+    train_cfg = _training_config(ckpt)
     train_model = train_cfg.get("model") or {}
     inferred = grootv_kwargs_from_state(state)
     name = model_name or train_model.get("name") or _matching_variant(inferred)
@@ -175,12 +174,21 @@ def build_from_checkpoint(checkpoint: str | PathLike, *, model_name: str | None 
                            + "; ".join(line.strip() for line in first[1:3])) from None
     model.eval()
     model_config: dict[str, Any] = {}
-    classes = meta.get("classes")
+    classes = ckpt.get("classes") if train_cfg else None
     if classes and not new_head and len(classes) == saved_classes:
         model_config["label_names"] = [str(c) for c in classes]
     card = _model_card(name, kwargs, path, source, use_ema, train_cfg, new_head)
     return HubExport(model, name, {k: v for k, v in kwargs.items()}, model_config,
                      _data_config(train_cfg, kwargs["in_chans"]), card, source)
+
+
+def _training_config(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The run config a ``grootvl train`` snapshot carries (its ``config`` entry, with a
+    ``model`` section); ``{}`` for release checkpoints and bare state dicts."""
+    config = ckpt.get("config")
+    if isinstance(config, dict) and isinstance(config.get("model"), Mapping):
+        return config
+    return {}
 
 
 @functools.lru_cache(maxsize=None)

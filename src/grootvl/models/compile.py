@@ -46,7 +46,7 @@ def compile_model(model: nn.Module, *, regional: bool = False, **compile_kwargs:
     if not regional:
         model.compile(**compile_kwargs)
         return model
-    from .models.grootv import GrootVBlock
+    from .grootv import GrootVBlock
 
     blocks = [m for m in model.modules() if isinstance(m, GrootVBlock)]
     if not blocks:
