@@ -15,7 +15,8 @@ import torch
 import grootvl  # noqa: F401  registers grootv_*
 from grootvl.models.compile import compile_model
 from grootvl.models.grootv import GrootVBlock
-from grootvl.ops import grid_tree, tree_scan
+from grootvl.layers.tree_ssm import TOPOLOGIES
+from grootvl.ops import grid_tree, random_grid_tree, tree_scan
 from grootvl.ops.tree_scan import _drop_padded_levels
 
 TINY = dict(channels=8, depths=(1, 2), num_classes=4, drop_path_rate=0.0)
@@ -60,20 +61,48 @@ def test_block_compiles_as_one_graph_with_gradients_equal_to_eager():
     assert torch.equal(t1.order, t0.order) and torch.equal(t1.parent, t0.parent)
 
 
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_every_scan_topology_and_root_compiles_as_one_graph(topology):
+    """Chains, random trees and feature trees from every root: no graph break in a block
+    (fullgraph=True raises on one), outputs and gradients equal to eager. ("first" takes the
+    path of "last" with another root vertex.)"""
+    for root in ("all", "last"):
+        torch.manual_seed(0)
+        block = GrootVBlock(8, topology=topology, root=root).train()
+        compiled = copy.deepcopy(block)
+        compiled.compile(fullgraph=True, backend="aot_eager")
+        x = torch.randn(2, 3, 4, 8)
+        results = []
+        for module in (block, compiled):
+            torch.manual_seed(1)  # the random topology draws its trees from the global generator
+            xi = x.clone().requires_grad_(True)
+            y, _ = module(xi)
+            y.square().mean().backward()
+            results.append((y, xi.grad))
+        (y0, g0), (y1, g1) = results
+        torch.testing.assert_close(y1, y0, msg=f"root={root}")
+        torch.testing.assert_close(g1, g0, msg=f"root={root}")
+
+
 def test_trees_built_while_compiling_have_static_level_width():
     """level_offsets comes padded with L to L + 1 columns; tree_scan gives the same result."""
     guide = torch.randn(3, 4, 5, 6)
     x, decay = torch.randn(3, 30, 7), torch.rand(3, 30, 7)
 
     def scan(g, a, d, impl):
-        return tree_scan(a, d, grid_tree(g), impl=impl), grid_tree(g).level_offsets
+        tree = grid_tree(g, root=29)
+        return tree_scan(a, d, tree, impl=impl), tree.level_offsets, random_grid_tree(3, 5, 6).level_offsets
 
     compiled = torch.compile(scan, fullgraph=True, backend="aot_eager")
     for impl in ("numba", "torch", "reference"):
-        want, offsets = scan(guide, x, decay, impl)
-        got, padded = compiled(guide, x, decay, impl)
+        torch.manual_seed(0)
+        want, offsets, random_offsets = scan(guide, x, decay, impl)
+        torch.manual_seed(0)
+        got, padded, random_padded = compiled(guide, x, decay, impl)
         torch.testing.assert_close(got, want)
-        assert padded.shape == (3, 31) and torch.equal(_drop_padded_levels(padded, 30), offsets)
+        assert padded.shape == random_padded.shape == (3, 31)
+        assert torch.equal(_drop_padded_levels(padded, 30), offsets)
+        assert torch.equal(_drop_padded_levels(random_padded, 30), random_offsets)
 
 
 def test_compile_model_keeps_state_dict_names_and_rejects_non_grootv():
@@ -121,7 +150,9 @@ def test_torch_export_with_dynamic_batch(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    # the scan runs with autocast off, which export keeps as a submodule (wrap_with_autocast)
+    targets = {str(n.target) for g in program.graph_module.modules() if isinstance(g, torch.fx.GraphModule)
+               for n in g.graph.nodes if n.op == "call_function"}
     assert {"grootvl.grid_tree.default", "grootvl.tree_scan.default"} <= targets
     torch.export.save(program, tmp_path / "grootv.pt2")
     loaded = torch.export.load(tmp_path / "grootv.pt2").module()
