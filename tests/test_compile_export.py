@@ -160,3 +160,66 @@ def test_torch_export_with_dynamic_batch(tmp_path):
         for b in (1, 3):
             xb = torch.randn(b, 3, 32, 32)
             torch.testing.assert_close(loaded(xb), model(xb), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------- grootvl train --compile
+
+# batches of 2 from 3 classes x 2 images: every batch is full (one compiled graph for training, one for
+# evaluation); evaluation after the second epoch only
+_TRAIN = ["--img-size", "16", "--batch-size", "2", "--epochs", "2", "--warmup-epochs", "1",
+          "--workers", "0", "--progress", "none", "--limit-train-steps", "2", "--device", "cpu",
+          "--seed", "5", "--drop-path", "0", "--set", "model.kwargs={channels: 8, depths: [1, 1]}",
+          "--set", "optim.name=sgd", "--set", "aug.auto_augment=null",
+          "--set", "train.epochs_between_eval=2"]
+
+
+def _last(out):
+    return torch.load(out / "last.pth", weights_only=True)
+
+
+def test_train_compile_resumes_and_matches_eager(tmp_path, monkeypatch):
+    """``grootvl train --compile``, interrupted after its first epoch and resumed, ends with
+    the weights, EMA weights, losses and metrics of an uninterrupted eager run within float
+    rounding (SGD, see above; no drop path: compiled code draws its own random numbers), and
+    its snapshots keep the plain parameter names."""
+    from grootvl.cli.main import main
+    from grootvl.engine import loop
+    from grootvl.engine.progress import read_jsonl
+
+    from test_cli_train import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", n_train=4, n_val=2)
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert main(["train", "--data", str(data), "--output", str(eager), *_TRAIN]) == 0
+
+    class Preempted(Exception):
+        pass
+
+    real_epoch = loop._train_epoch
+
+    def stop_at_second_epoch(parts, loader, epoch, *args):
+        if epoch == 1:
+            raise Preempted
+        return real_epoch(parts, loader, epoch, *args)
+
+    args = ["train", "--data", str(data), "--output", str(compiled), *_TRAIN, "--compile"]
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_train_epoch", stop_at_second_epoch)
+        with pytest.raises(Preempted):
+            main(args)
+    assert _last(compiled)["epoch"] == 0
+    assert main([*args, "--resume", "auto"]) == 0
+
+    want, got = _last(eager), _last(compiled)
+    assert got["config"]["train"]["compile"] and not want["config"]["train"]["compile"]
+    for entry in ("model", "model_ema"):
+        assert list(got[entry]) == list(want[entry])  # no _orig_mod. prefixes
+        for key, value in want[entry].items():
+            torch.testing.assert_close(got[entry][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    logs = [[r for r in read_jsonl(out / "log.jsonl") if r["event"] == "epoch"]
+            for out in (eager, compiled)]
+    assert [r["epoch"] for r in logs[1]] == [0, 1]
+    for e, c in zip(*logs):
+        assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-5)
+    assert logs[1][1]["val_loss"] == pytest.approx(logs[0][1]["val_loss"], rel=1e-4)
+    assert logs[1][1]["ema_val_loss"] == pytest.approx(logs[0][1]["ema_val_loss"], rel=1e-4)
