@@ -111,7 +111,7 @@ def test_engine_knows_no_model_family():
 
 def _python(code: str) -> str:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(SRC.parent), "OMP_WAIT_POLICY": "PASSIVE",
+                          timeout=300, env={"PYTHONPATH": str(SRC.parent),
                                             "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip()
