@@ -5,7 +5,7 @@
 GrootV-T with random weights (nothing is downloaded). Eager inference runs grootvl's CPU
 inference path (fused numba element-wise kernels); compiled inference runs the torch
 compositions of the same stages, fused by Inductor. A training step is forward, cross-entropy,
-backward and an AdamW step. The model is compiled with ``grootvl.compile.compile_model``
+backward and an AdamW step. The model is compiled with ``grootvl.models.compile.compile_model``
 (default ``torch.compile`` arguments; ``--regional``: each GrootV block on its own). Compile
 time is the first call's time minus a warm eager call's; the timed calls alternate between
 eager and compiled (so load from other processes hits both alike) and the medians are

@@ -40,8 +40,9 @@ class Tree:
         parent: (B, L) ``parent[b, v]`` is the parent of vertex ``v``; -1 at the root.
         level_offsets: (B, D+1) level ``d`` of row ``b`` is ``order[b, off[b, d]:off[b, d+1]]``;
             D is the largest number of levels in the batch, shorter rows are padded with L,
-            and ``level_offsets[:, 0] == 0``. Trees built inside ``torch.compile`` or
-            ``torch.export`` have D = L (padded with L): their depth is data-dependent.
+            and ``level_offsets[:, 0] == 0``. Spanning trees built inside ``torch.compile``
+            or ``torch.export`` (``grid_tree``, ``bfs_tree``, ``random_grid_tree``) have
+            D = L (padded with L): their depth is data-dependent. Chains never are padded.
     """
 
     order: Tensor
