@@ -1,7 +1,6 @@
 """grootvl.models.hub / `grootvl export`: checkpoints to timm's Hub layout and back."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import types
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import grootvl  # noqa: F401  registers grootv_*
-from grootvl.cli import export as export_cli
+from grootvl.cli.main import main
 from grootvl.models.hub import export_for_hub, grootv_kwargs_from_state
 
 TINY = dict(channels=8, depths=(1, 2))
@@ -118,10 +117,7 @@ def test_architecture_is_read_off_the_weights():
 
 
 def _cli(*argv):
-    parser = argparse.ArgumentParser(prog="grootvl")
-    export_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", *argv])
-    return args.func(args)
+    return main(["export", *argv])
 
 
 @pytest.mark.parametrize("argv, message", [
