@@ -67,6 +67,14 @@ class Stem(nn.Module):
         self.norm2 = nn.Sequential(Permute(0, 2, 3, 1), _layer_norm(out_chans))
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor):  # not a torch.fx Proxy: symbolic tracing cannot branch on it
+            self._check_images(x)
+        # channels-last convolutions: the LayerNorms then see contiguous (B, H, W, C) views
+        # instead of copying the (large, full-resolution) activations into that layout
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+    def _check_images(self, x: Tensor) -> None:
         in_chans = self.conv1.in_channels
         if x.dim() != 4 or x.shape[1] != in_chans or x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"GrootV expects images of shape (B, C, H, W) with C = in_chans = "
@@ -74,10 +82,6 @@ class Stem(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"GrootV expects a floating-point image tensor, got {x.dtype}; "
                             "convert it with x.float()")
-        # channels-last convolutions: the LayerNorms then see contiguous (B, H, W, C) views
-        # instead of copying the (large, full-resolution) activations into that layout
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
 class Downsample(nn.Module):
