@@ -56,6 +56,12 @@ def files(tmp_path_factory):
                     "crop_pct": 1.0, "interpolation": "bicubic"}}
     torch.save({"model": stage.state_dict(), "model_ema": None, "epoch": 1, "arch": "grootv_tiny",
                 "classes": ["a", "b", "c", "d", "e"], "config": cfg}, root / "train.pth")
+    nan = {k: v.clone() for k, v in model.state_dict().items()}
+    nan["head.weight"][0, 0] = float("nan")
+    torch.save({"model": nan}, root / "nan.pth")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, root / "other.pth")
+    torch.save({"model": stage.state_dict(),
+                "config": {**cfg, "data": {**cfg["data"], "img_size": "abc"}}}, root / "damaged.pth")
     return root, model, ema, stage
 
 
@@ -121,12 +127,21 @@ def _cli(*argv):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--checkpoint", "missing.pth"], "checkpoint missing.pth does not exist"),
+    (["--checkpoint", "missing.pth"], "checkpoint missing.pth: no such file"),
+    (["--checkpoint", "{root}"], "is a folder"),
     (["--checkpoint", "{root}/train.pth", "--use-ema"], "has no EMA weights"),
-    (["--checkpoint", "{root}/release.pth", "--set", "channels=16"], "do not fit grootv_tiny"),
+    (["--checkpoint", "{root}/release.pth", "--set", "channels=16"], "does not fit grootv_tiny"),
     (["--checkpoint", "{root}/release.pth", "--model", "resnet50"], "not a GrootV architecture"),
-    (["--checkpoint", "{root}/release.pth", "--num-classes", "-2"], "num_classes must be >= 0"),
+    (["--checkpoint", "{root}/release.pth", "--model", "bogus"], "not a timm model name"),
+    (["--checkpoint", "{root}/release.pth", "--num-classes", "-2"],
+     "num_classes = -2 (from --num-classes)"),
     (["--checkpoint", "{root}/release.pth", "--set", "tree_sharing=layer"], "tree_sharing must be"),
+    (["--checkpoint", "{root}/release.pth", "--set", "bogus=1"], "bogus"),
+    (["--checkpoint", "{root}/release.pth", "--set", "channels"], "expected KEY=VALUE"),
+    (["--checkpoint", "{root}/release.pth", "--set", "depths=[1, 2"], "not valid YAML"),
+    (["--checkpoint", "{root}/nan.pth"], "NaN or infinite"),
+    (["--checkpoint", "{root}/other.pth"], "holds no GrootV weights"),
+    (["--checkpoint", "{root}/damaged.pth"], "data.img_size is 'abc'"),
 ])
 def test_cli_bad_input_is_one_line(files, tmp_path, capsys, argv, message):
     root = files[0]
@@ -140,7 +155,9 @@ def test_cli_refuses_a_non_empty_folder_unless_overwrite(files, tmp_path, capsys
     root = files[0]
     (tmp_path / "notes.txt").write_text("keep")
     assert _cli("--checkpoint", str(root / "release.pth"), "--output", str(tmp_path)) == 2
-    assert "is not empty" in capsys.readouterr().err
+    assert f"--output {tmp_path} is not empty" in capsys.readouterr().err
+    assert _cli("--checkpoint", str(root / "release.pth"), "--output", str(tmp_path / "notes.txt")) == 2
+    assert "is a file" in capsys.readouterr().err
     assert _cli("--checkpoint", str(root / "release.pth"), "--output", str(tmp_path), "--overwrite") == 0
     assert (tmp_path / "model.safetensors").is_file()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from .common import cli_command
+from .common import cli_command, options_validator
 
 EPILOG = """\
 The folder holds config.json (architecture, its options, pretrained_cfg), model.safetensors and
@@ -19,6 +19,8 @@ examples:
   grootvl export --checkpoint w.safetensors --output hub/w --set tree_sharing=stage
   grootvl export --checkpoint runs/demo/last.pth --output hub/demo --push-to-hub me/grootv-demo
 """
+
+_check_options = options_validator("ExportOptions", {"num_classes": "--num-classes"})
 
 
 def register(subparsers) -> None:
@@ -41,20 +43,27 @@ def register(subparsers) -> None:
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hugging Face Hub "
                    "repository (user/name; uses your huggingface_hub login or HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="create the Hub repository as private")
-    p.set_defaults(func=cli_command("export")(run_export))
+    p.set_defaults(func=cli_command("export")(run_export), validate=_validate_export)
+
+
+def _validate_export(args) -> None:
+    """``--num-classes`` by its schema, ``--set`` parsed into ``args.model_options``, and the
+    ``--output`` folder (before the checkpoint is read)."""
+    from ..engine.config import parse_override
+    from ..models.hub import check_output_folder
+
+    _check_options(args)
+    args.model_options = dict(parse_override(text) for text in args.model_kwargs)
+    check_output_folder(args.output, args.overwrite, "--output", "--overwrite")
 
 
 def run_export(args) -> int:
-    from ..engine.config import parse_override
+    from ..files import first_line
     from ..models.hub import export_for_hub, push_to_hub
 
-    kwargs = dict(parse_override(text) for text in args.model_kwargs)
-    try:
-        built = export_for_hub(args.checkpoint, args.output, model_name=args.model,
-                               use_ema=args.use_ema, model_kwargs=kwargs,
-                               num_classes=args.num_classes, overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        raise UserError(str(exc).splitlines()[0]) from None
+    built = export_for_hub(args.checkpoint, args.output, model_name=args.model,
+                           use_ema=args.use_ema, model_kwargs=args.model_options,
+                           num_classes=args.num_classes, overwrite=args.overwrite)
     print(f"wrote {args.output}: {built.architecture} "
           f"({', '.join(f'{k}={v}' for k, v in built.model_kwargs.items())})")
     if args.push_to_hub:
@@ -62,7 +71,6 @@ def run_export(args) -> int:
             info = push_to_hub(built, args.push_to_hub, private=args.private)
         except Exception as exc:  # network and authorisation errors from huggingface_hub
             raise UserError(f"--push-to-hub {args.push_to_hub}: upload failed "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-                            ) from None
+                            f"({first_line(exc)})") from None
         print(f"pushed to {getattr(info, 'commit_url', None) or args.push_to_hub}")
     return 0
