@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-import grootvl  # noqa: F401  first: sets OMP_WAIT_POLICY before torch loads; registers grootv_*
+import grootvl  # noqa: F401  registers grootv_*
 import grootvl.layers.tree_ssm as tree_ssm
 import timm
 import torch

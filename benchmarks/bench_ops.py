@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import grootvl  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP
+import grootvl  # noqa: F401
 import torch
 from grootvl.layers import TreeSSM
 from grootvl.ops import grid_tree, tree_scan

@@ -15,6 +15,9 @@ Part 2 (FIGURE lines, PASS/MISS against the target, medians after warm-up, CUDA 
   launch-configuration sweep of the raw kernels                          (informative)
   GrootV-T vs timm convnext_tiny img/s: training (batch 64, bf16 autocast, AdamW step) and
   inference (batch 128, bf16 autocast)          target: GrootV-T inference >= 0.6x ConvNeXt-T
+  GrootV-T training img/s compiled (grootvl.compile.compile_model, default torch.compile) vs
+  eager, and the compile time                   (no target; the dry run uses the aot_eager
+                                                backend: Inductor's CPU build takes minutes)
 Exit status 1 if any CHECK failed. A section that raises prints ERROR and the rest still runs;
 sections past the time budget (--budget-s) are skipped.
 """
@@ -29,7 +32,7 @@ import time
 import traceback
 
 
-SECTIONS = ("oracle", "scale", "tree", "figures", "models", "sweep")
+SECTIONS = ("oracle", "scale", "tree", "figures", "models", "compile", "sweep")
 
 
 def _parse_args():
@@ -379,6 +382,44 @@ def part2_models() -> None:
                    rates[("grootv_tiny", mode)] / rates[("convnext_tiny", mode)], "x", target)
 
 
+def part2_compile() -> None:
+    import copy
+
+    import timm
+
+    from grootvl.models.compile import compile_model
+
+    batch = MODEL["train_batch"]
+    backend = "aot_eager" if DRY else "inductor"
+    torch.manual_seed(0)
+    # the dry run traces a four-block GrootV (tracing all 15 blocks takes minutes on a CPU)
+    eager = timm.create_model("grootv_tiny", **(dict(depths=(1, 1, 1, 1)) if DRY else {}))
+    eager = eager.to(DEVICE)
+    compiled = compile_model(copy.deepcopy(eager), backend=backend)
+    images = torch.randn(2, 3, MODEL["image"], MODEL["image"], device=DEVICE)
+    eager.eval(), compiled.eval()
+    with torch.no_grad():  # float32, no autocast: compiled and eager must agree closely
+        err = rel_err(compiled(images), eager(images))
+    check("compiled GrootV-T forward vs eager (float32)", err < 1e-4, f"max rel err {err:.2e}")
+    # the training batch: _throughput then reuses this compiled graph (no recompilation)
+    images = torch.randn(batch, 3, MODEL["image"], MODEL["image"], device=DEVICE)
+    labels = torch.zeros(batch, dtype=torch.long, device=DEVICE)
+    start = time.perf_counter()
+    compiled.train()
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=not DRY):
+        loss = torch.nn.functional.cross_entropy(compiled(images), labels)
+    loss.backward()
+    _sync()
+    figure(f"torch.compile ({backend}) first training step incl. compile", time.perf_counter() - start, "s")
+    rates = {name: _throughput(model, batch, train=True)
+             for name, model in (("eager", eager), ("compiled", compiled))}
+    for name, rate in rates.items():
+        print(f"  GrootV-T train {name:8s} {rate:9.4g} img/s (batch {batch})", flush=True)
+        RESULTS["models"][f"grootv_tiny train {name} img/s"] = rate
+    figure(f"GrootV-T compiled ({backend}) / eager training throughput",
+           rates["compiled"] / rates["eager"], "x")
+
+
 # ------------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -405,6 +446,7 @@ def main() -> int:
              part1_tree_construction, 0),
             ("figures", "part 2: scan and tree figures", part2_op_figures, 20),
             ("models", "part 2: model throughput", part2_models, 60),
+            ("compile", "part 2: torch.compile vs eager training", part2_compile, 90),
             ("sweep", "part 2: launch configuration sweep", part2_launch_sweep, 40)]
     for key, title, fn, min_left_s in plan:
         if key in only:

@@ -47,6 +47,9 @@ def checkpoint(tmp_path_factory):
     (["lm-merge", "--tree-scale", "nan"], ("tree_scale = nan",)),
     (["lm-demo", "--finetune-steps=-1"], ("finetune_steps = -1 (from --finetune-steps)",)),
     (["det-train", "--detector-kwargs", '{"bogus": 1}'], ("MaskRCNN takes no argument 'bogus'",)),
+    (["export", "--num-classes=-1"], ("num_classes = -1 (from --num-classes)",)),
+    (["export", "--num-classes", "2000000"], ("num_classes = 2000000", "1000000")),
+    (["export", "--set", "channels"], ("--set 'channels': expected KEY=VALUE",)),
 ])
 def test_options_are_checked_before_anything_runs(capsys, argv, needles):
     required = {"eval": ["--checkpoint", "none.pth", "--data", "none"],
@@ -54,7 +57,8 @@ def test_options_are_checked_before_anything_runs(capsys, argv, needles):
                 "seg-eval": ["--checkpoint", "none.pth", "--data", "none"],
                 "lm-finetune": ["--model", "m", "--data", "d", "--output-dir", "o"],
                 "lm-merge": ["--base", "b", "--adapter", "a", "--output-dir", "o"],
-                "det-train": ["--output", "o"]}.get(argv[0], [])
+                "det-train": ["--output", "o"],
+                "export": ["--checkpoint", "none.pth", "--output", "o"]}.get(argv[0], [])
     _fails(capsys, [*argv, *required], *needles)
 
 
@@ -69,6 +73,12 @@ def test_paths_are_checked(capsys, checkpoint, tmp_path):
     _fails(capsys, ["visualize", "--output", checkpoint, "--set", "channels=8"],
            f"--output {checkpoint} is a file")
     _fails(capsys, ["lm-demo", "--output-dir", checkpoint], f"--output-dir {checkpoint} is a file")
+    _fails(capsys, ["export", "--checkpoint", checkpoint, "--output", checkpoint],
+           f"--output {checkpoint} is a file")
+    _fails(capsys, ["export", "--checkpoint", checkpoint, "--output", checkpoint.parent],
+           f"--output {checkpoint.parent} is not empty", "--overwrite")
+    _fails(capsys, ["export", "--checkpoint", tmp_path / "none.pth", "--output", tmp_path / "o"],
+           f"checkpoint {tmp_path / 'none.pth'}: no such file")
     _fails(capsys, ["demo", "--output", tmp_path / "demo", "--data-dir", checkpoint],
            "(--data-dir) is a file")
     _fails(capsys, ["lm-finetune", "--model", tmp_path, "--data", tmp_path, "--output-dir",

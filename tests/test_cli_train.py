@@ -42,7 +42,7 @@ def make_image_folder(root, classes=("ant", "bee", "cat"), n_train=8, n_val=4):
 
 def _env():
     """Subprocess env: same thread count as this process, so results are bit-identical."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), OMP_WAIT_POLICY="PASSIVE")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
     return env
 

@@ -8,26 +8,11 @@ models), ``grootl`` (tree scanning in Hugging Face Mamba language models); ``dat
 segmentation plug-ins of the engine, and the typed run config); ``cli`` (the ``grootvl`` command).
 """
 
-import os
 import sys
 
-# Must happen before torch (and its OpenMP runtime) is loaded: the runtime reads the variable
-# once, at start-up. By default idle OpenMP workers busy-wait for a while after each parallel
-# region; torch's pool and numba's pool, which take turns in every Tree SSM layer, can then
-# spin against each other for the few cores of a small machine. PASSIVE makes idle workers
-# sleep. A value the user set is kept. Once torch is imported it is too late, so a CPU-only
-# process is told how to fix it rather than left to run slower without knowing why.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-elif "OMP_WAIT_POLICY" not in os.environ and not sys.modules["torch"].cuda.is_available():
-    import warnings
+from . import _threads
 
-    warnings.warn(
-        "torch was imported before grootvl, too late for grootvl to set "
-        "OMP_WAIT_POLICY=PASSIVE: torch's and numba's OpenMP workers may spin against each "
-        "other and slow CPU work down. Import grootvl before torch, or set "
-        "OMP_WAIT_POLICY=PASSIVE in the environment (any value silences this warning).",
-        RuntimeWarning, stacklevel=2)
+_threads.configure()  # first: OpenMP wait policy, before anything loads torch (see _threads)
 
 __version__ = "0.1.0"
 

@@ -41,6 +41,7 @@ BENCHMARK = ("benchmark", [*MODEL_OPTS, ("--img-size", "32"), ("--batch-size", "
                            ("--warmup", "0"), ("--iters", "1"), ("--device", "cpu"),
                            ("--mode", "inference")])
 FLOPS = ("flops", [*MODEL_OPTS, ("--img-size", "32")])
+EXPORT = ("export", [("--checkpoint", "{run}/last.pth"), ("--output", "{out}")])
 
 _DENSE_RUNTIME = [("--workers", "0"), ("--device", "cpu"), ("--amp", "none"),
                   ("--progress", "none")]

@@ -123,6 +123,21 @@ def check_no_tmp(fx, case_dir, response) -> None:
     if stale:
         raise DataLost(f"stale temporary files left after a new start: {stale}")
 
+
+def check_export_reloads(fx, case_dir, response) -> None:
+    """The exported folder loads back through timm with the snapshot's weights."""
+    import timm
+    import torch
+
+    out = Path(case_dir, "out")
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    saved = torch.load(Path(fx["run"], "last.pth"), map_location="cpu", weights_only=True)["model"]
+    loaded = model.state_dict()
+    differ = [k for k in saved if k not in loaded or not torch.equal(saved[k], loaded[k])]
+    if differ or set(loaded) - set(saved):
+        raise Silent(f"the exported model's weights differ from the checkpoint's ({differ[:3]})")
+
+
 def compare_checkpoints(a: str, b: str) -> dict:
     """Controller helper: are the model weights of two checkpoint files identical?"""
     import torch

@@ -275,4 +275,5 @@ def cases() -> list[Case]:
     from . import cli_commands as other
 
     return (train_flag_cases() + set_cases() + yaml_cases() + other.eval_cases()
-            + other.inspect_cases() + other.dense_cases() + other.lm_cases())
+            + other.inspect_cases() + other.export_cases() + other.dense_cases()
+            + other.lm_cases())

@@ -1,10 +1,11 @@
-"""Command-line attacks on eval, demo, visualize, benchmark, flops, the dense commands and the
-language-model commands (the train command and its config are in ``cli_cases``)."""
+"""Command-line attacks on eval, demo, visualize, benchmark, flops, export, the dense commands
+and the language-model commands (the train command and its config are in ``cli_cases``)."""
 from __future__ import annotations
 
 from . import Case
-from .argv import (BENCHMARK, DEMO, DET_EVAL, DET_TRAIN, EVAL, FLOPS, LM_DEMO, LM_FINETUNE,
-                   LM_FINETUNE_TAIL, LM_MERGE, SEG_EVAL, SEG_TRAIN, VISUALIZE, build, slug)
+from .argv import (BENCHMARK, DEMO, DET_EVAL, DET_TRAIN, EVAL, EXPORT, FLOPS, LM_DEMO,
+                   LM_FINETUNE, LM_FINETUNE_TAIL, LM_MERGE, SEG_EVAL, SEG_TRAIN, VISUALIZE,
+                   build, slug)
 from .cli_cases import E, EITHER, OK, SKIP, _error_cases, _flag_cases, _float_rule, _int_rule
 
 # ----------------------------------------------------------------------------------- eval
@@ -129,6 +130,36 @@ def inspect_cases() -> list[Case]:
                        names="model")]
     cases.append(Case(id="benchmark/mode=bogus", area="inspect", kind="cli", expect=E,
                       argv=build(BENCHMARK, {"--mode": "bogus"}), names="mode"))
+    return cases
+
+
+# ------------------------------------------------------------------------------------ export
+
+# a snapshot whose config is not a mapping: the architecture is read off the weights, so an
+# export may go ahead (as for a release file, whose config is no run config either)
+EXPORT_CONFIG_OPTIONAL = ("config_str", "config_list")
+
+
+def export_cases() -> list[Case]:
+    cases = _flag_cases("export", EXPORT, {"--num-classes": _int_rule(0)})
+    for path, names in CHECKPOINT_ATTACKS:
+        expect = EITHER if any(n in path for n in EXPORT_CONFIG_OPTIONAL) else E
+        cases.append(Case(id=f"export/checkpoint={slug(path)}", area="checkpoints", kind="cli",
+                          expect=expect, argv=build(EXPORT, {"--checkpoint": path}), names=names))
+    cases.append(Case(id="export/ok", area="export", kind="cli", expect=OK, argv=build(EXPORT),
+                      func="check_export_reloads"))
+    more = [
+        ("use-ema-without-ema", {"--checkpoint": "{run}/best.pth", "--use-ema": True}, "ema"),
+        ("output=file", {"--output": "{img_ok}"}, "output|ok.png"),
+        ("output=non-empty", {"--output": "{run}"}, "output|empty"),
+        ("model=bogus", {"--model": "no_such_model"}, "model"),
+        ("model=resnet18", {"--model": "resnet18"}, "resnet18|grootv"),
+        ("set=no-equals", {"--set": "channels"}, "set|KEY=VALUE"),
+    ]
+    cases += _error_cases("export", "export", EXPORT, more)
+    for text, names in MODEL_SET_ATTACKS:
+        cases.append(Case(id=f"export/set={slug(text)}", area="export", kind="cli", expect=E,
+                          argv=build(EXPORT, extra=["--set", text]), names=names))
     return cases
 
 

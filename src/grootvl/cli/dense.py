@@ -69,6 +69,8 @@ TRAIN_FLAGS = [
     Flag("--amp", "train.amp", options=dict(choices=["auto", "none", "bf16", "fp16"])),
     Flag("--progress", "train.progress", options=dict(choices=["auto", "bar", "log", "none"])),
     Flag("--seed", "train.seed", options=dict(type=int)),
+    Flag("--compile", "train.compile", "torch.compile the model (compiles on the first steps: "
+         "minutes on a CPU)", dict(action="store_true")),
 ]
 DET_FLAGS = [
     Flag("--data", "data.path", "COCO root (holds SPLIT/ and annotations/instances_SPLIT.json)"),

@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = [
     "grootvl.cli.lm",         # lm-finetune, lm-merge, lm-demo
     "grootvl.cli.dense",      # det-train, det-eval, seg-train, seg-eval
     "grootvl.cli.ablate",     # ablate
+    "grootvl.cli.export",     # export
 ]
 
 

@@ -55,6 +55,12 @@ class FlopsOptions(ModelOptions):
     img_size: ImageSize
 
 
+class ExportOptions(ConfigSection):
+    """``grootvl export`` (``num_classes`` None: the checkpoint's classifier)."""
+
+    num_classes: int | None = Field(None, ge=0, le=MAX_CLASSES)
+
+
 class FinetuneOptions(ConfigSection):
     """``grootvl lm-finetune`` (Trainer flags after ``--`` are Hugging Face's to check)."""
 

@@ -40,6 +40,8 @@ TRAIN_FLAGS = [
     Flag("--device", "train.device", "auto | cpu | cuda | cuda:N"),
     Flag("--seed", "train.seed", options=dict(type=int)),
     Flag("--threads", "train.threads", "CPU threads per process", dict(type=int)),
+    Flag("--compile", "train.compile", "torch.compile the model (compiles on the first steps)",
+         dict(action="store_true")),
     Flag("--grad-checkpointing", "train.grad_checkpointing",
          "recompute activations in backward", dict(action="store_true")),
     Flag("--no-channels-last", "train.channels_last", "keep NCHW memory format",

@@ -137,6 +137,11 @@ def _build(task: Task, cfg: EngineConfig, env: D.DistEnv, crash_at_step):
     bare.to(env.device)
     if tcfg.channels_last:
         bare.to(memory_format=torch.channels_last)
+    if tcfg.compile:
+        # In place (nn.Module.compile): state_dict keys, snapshots and resumption stay those of
+        # the plain model. Before DDP wraps it; the EMA's deep copy drops the compilation, so
+        # the EMA evaluates eagerly and costs no second compilation.
+        bare.compile()
     ema = ModelEmaV3(bare, decay=cfg.ema.decay) if cfg.ema.enabled else None
     model = bare
     if env.distributed:

@@ -93,6 +93,9 @@ class TrainConfig(ConfigSection):
         "auto", description="auto: bf16/fp16 on CUDA, none on CPU")
     channels_last: bool = Field(True, description="NHWC memory format for images and model")
     grad_checkpointing: bool = Field(False, description="recompute activations in backward")
+    compile: bool = Field(
+        False, description="torch.compile the whole model (in place: snapshots keep its plain "
+        "names; the EMA copy stays eager); the first steps and evaluations compile")
     sync_bn: bool = Field(False, description="synchronise BatchNorm over processes (CUDA)")
     seed: NonNegativeInt = Field(0, description="each process uses seed + rank")
     deterministic: bool = Field(False, description="deterministic kernels (slower)")

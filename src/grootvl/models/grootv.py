@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
@@ -29,6 +29,11 @@ from .weights import checkpoint_filter_fn, load_pretrained_into
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
 
 TREE_SHARING = ("block", "stage")
+
+# torch.fx cannot trace a TreeSSM (its spanning tree depends on the data): FX tracers that
+# use timm's registry (timm's and torchvision's feature extractors given timm's
+# get_notrace_modules(), features_only with feature_cls="fx") keep it as one leaf call.
+register_notrace_module(TreeSSM)
 
 
 class Permute(nn.Module):
@@ -62,6 +67,14 @@ class Stem(nn.Module):
         self.norm2 = nn.Sequential(Permute(0, 2, 3, 1), _layer_norm(out_chans))
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor):  # not a torch.fx Proxy: symbolic tracing cannot branch on it
+            self._check_images(x)
+        # channels-last convolutions: the LayerNorms then see contiguous (B, H, W, C) views
+        # instead of copying the (large, full-resolution) activations into that layout
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+    def _check_images(self, x: Tensor) -> None:
         in_chans = self.conv1.in_channels
         if x.dim() != 4 or x.shape[1] != in_chans or x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"GrootV expects images of shape (B, C, H, W) with C = in_chans = "
@@ -69,10 +82,6 @@ class Stem(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"GrootV expects a floating-point image tensor, got {x.dtype}; "
                             "convert it with x.float()")
-        # channels-last convolutions: the LayerNorms then see contiguous (B, H, W, C) views
-        # instead of copying the (large, full-resolution) activations into that layout
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
 
 
 class Downsample(nn.Module):
@@ -234,7 +243,9 @@ class GrootV(nn.Module):
                 stage_chs[i], depth, rates[first:first + depth], downsample=i < num_stages - 1,
                 mlp_ratio=mlp_ratio, tree_sharing=tree_sharing, tree_cost=tree_cost,
                 scan_impl=scan_impl, tree_impl=tree_impl, topology=topology, root=root))
-            self.feature_info.append(dict(num_chs=stage_chs[i], reduction=4 * 2 ** i, module=f"levels.{i}"))
+            # the stage's norm: its output is the feature map (the downsampling that follows
+            # is a child of the stage too, so "levels.{i}" would name its output for FX)
+            self.feature_info.append(dict(num_chs=stage_chs[i], reduction=4 * 2 ** i, module=f"levels.{i}.norm"))
         self.conv_head = nn.Sequential(
             nn.Conv2d(stage_chs[-1], self.num_features, 1, bias=False),
             nn.Sequential(nn.BatchNorm2d(self.num_features)),
@@ -432,10 +443,14 @@ def _pretrained_source(variant: str, kwargs: dict) -> None:
 def _create_grootv(variant: str, pretrained: bool = False, **kwargs) -> GrootV:
     if pretrained:
         _pretrained_source(variant, kwargs)
+    feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
+    if kwargs.get("feature_cls", "getter") != "getter":
+        # hook/fx/list wrappers return the stages' own (channels-last) outputs: say so
+        feature_cfg["output_fmt"] = "NHWC"
     return build_model_with_cfg(
         GrootV, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        feature_cfg=feature_cfg,
         **kwargs,
     )
 

@@ -241,19 +241,23 @@ def _preview(items: list, shown: int = _SHOWN) -> str:
     return f"[{text}{f', ... ({len(items) - shown} more)' if len(items) > shown else ''}]"
 
 
-def describe_grootv(state: Mapping[str, Any]) -> str | None:
-    """'channels=80, depths=(2, 2, 9, 2)' for a GrootV state dict, None for anything else."""
-    stem = state.get("patch_embed.conv2.weight")
-    if stem is None:
-        return None
+def grootv_depths(state: Mapping[str, Any]) -> tuple[int, ...]:
+    """The blocks per stage of a GrootV state dict, read off its ``levels.I.blocks.J.`` keys."""
     depths: dict[int, int] = {}
     for key in state:
         m = re.match(r"levels\.(\d+)\.blocks\.(\d+)\.", key)
         if m:
             level, block = int(m[1]), int(m[2])
             depths[level] = max(depths.get(level, 0), block + 1)
-    shape = tuple(depths.get(i, 0) for i in range(max(depths, default=-1) + 1))
-    return f"channels={stem.shape[0]}, depths={shape}"
+    return tuple(depths.get(i, 0) for i in range(max(depths, default=-1) + 1))
+
+
+def describe_grootv(state: Mapping[str, Any]) -> str | None:
+    """'channels=80, depths=(2, 2, 9, 2)' for a GrootV state dict, None for anything else."""
+    stem = state.get("patch_embed.conv2.weight")
+    if stem is None:
+        return None
+    return f"channels={stem.shape[0]}, depths={grootv_depths(state)}"
 
 
 def _mismatch_problems(model, state, missing, unexpected, mismatched, classifier) -> list[str]:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .arguments import check_int
 from .mst import check_impl
-from .tree import Tree, _fake_tree, check_root, grid_mst_impl
+from .tree import Tree, check_root, fake_tree, grid_mst_impl, padded_levels, static_levels
 
 __all__ = ["CHAIN_MAJORS", "grid_chain", "random_grid_tree"]
 
@@ -114,14 +114,16 @@ def grid_chain(height: int, width: int, batch: int = 1, *, major: str = "row", r
 
 
 @torch.library.custom_op("grootvl::grid_mst", mutates_args=())
-def _grid_mst_op(costs: Tensor, height: int, width: int, root: int, impl: str
-                 ) -> tuple[Tensor, Tensor, Tensor]:
-    return grid_mst_impl(costs, height, width, root, impl)
+def _grid_mst_op(costs: Tensor, height: int, width: int, root: int, impl: str,
+                 pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return padded_levels(grid_mst_impl(costs, height, width, root, impl), height * width,
+                         pad_levels)
 
 
 @_grid_mst_op.register_fake
-def _(costs: Tensor, height: int, width: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _fake_tree(costs, costs.shape[0], height * width)
+def _(costs: Tensor, height: int, width: int, root: int, impl: str,
+      pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return fake_tree(costs, costs.shape[0], height * width, pad_levels)
 
 
 def random_grid_tree(batch: int, height: int, width: int, *, root: int = 0,
@@ -148,4 +150,4 @@ def random_grid_tree(batch: int, height: int, width: int, *, root: int = 0,
     impl = check_impl(impl, device)
     num_edges = (height - 1) * width + height * (width - 1)
     costs = torch.rand(batch, num_edges, generator=generator, device=device)
-    return Tree(*_grid_mst_op(costs, height, width, root, impl))
+    return Tree(*_grid_mst_op(costs, height, width, root, impl, static_levels()))

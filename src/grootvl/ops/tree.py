@@ -7,11 +7,14 @@ as numba threads, the three stages run fused in one numba kernel, one image per 
 otherwise stage by stage, each in parallel. The trees that ignore the features (chains,
 random spanning trees) are in ``grid_topologies.py``.
 
-Tree construction is registered as custom ops (``grootvl::grid_tree``, ``grootvl::bfs_tree``
-and, in ``mst.py``, ``grootvl::minimum_spanning_tree``) so ``torch.compile`` keeps each as one
-opaque node. Their output shapes are static except ``level_offsets``, whose length (tree depth
-+ 1) is data-dependent: the fake impls allocate it with an unbacked dynamic size, so compiled
-graphs stay valid for any depth.
+Tree construction is registered as custom ops (``grootvl::grid_tree``, ``grootvl::bfs_tree``,
+``grootvl::grid_mst`` in ``grid_topologies.py`` and ``grootvl::minimum_spanning_tree`` in
+``mst.py``) so ``torch.compile`` keeps each as one opaque node. The length of ``level_offsets`` (tree depth + 1) is data-dependent. An operator
+whose output shape depends on data makes Dynamo break the graph (unless the user turns on
+``capture_dynamic_output_shape_ops``), and the graph resumed after such a break failed to
+compile with dynamic shapes. So while compiling or exporting, the wrappers ask the ops for
+``level_offsets`` padded to the static width L + 1 (the padding value L marks a level past a
+row's last one, as for shorter rows); ``tree_scan`` cuts the padding off again inside its op.
 """
 from __future__ import annotations
 
@@ -38,7 +41,9 @@ class Tree:
         parent: (B, L) ``parent[b, v]`` is the parent of vertex ``v``; -1 at the root.
         level_offsets: (B, D+1) level ``d`` of row ``b`` is ``order[b, off[b, d]:off[b, d+1]]``;
             D is the largest number of levels in the batch, shorter rows are padded with L,
-            and ``level_offsets[:, 0] == 0``.
+            and ``level_offsets[:, 0] == 0``. Spanning trees built inside ``torch.compile``
+            or ``torch.export`` (``grid_tree``, ``bfs_tree``, ``random_grid_tree``) have
+            D = L (padded with L): their depth is data-dependent. Chains never are padded.
     """
 
     order: Tensor
@@ -126,20 +131,41 @@ def grid_edges(height: int, width: int, device: torch.device | str | None = None
 
 
 @torch.library.custom_op("grootvl::bfs_tree", mutates_args=())
-def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _bfs_impl(tree_edges, num_vertices, root, impl)
+def _bfs_op(tree_edges: Tensor, num_vertices: int, root: int, impl: str,
+            pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return padded_levels(_bfs_impl(tree_edges, num_vertices, root, impl), num_vertices, pad_levels)
 
 
 @_bfs_op.register_fake
-def _(tree_edges: Tensor, num_vertices: int, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _fake_tree(tree_edges, tree_edges.shape[0], num_vertices)
+def _(tree_edges: Tensor, num_vertices: int, root: int, impl: str,
+      pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return fake_tree(tree_edges, tree_edges.shape[0], num_vertices, pad_levels)
 
 
-def _fake_tree(like: Tensor, batch: int, num_vertices: int) -> tuple[Tensor, Tensor, Tensor]:
-    num_offsets = torch.library.get_ctx().new_dynamic_size()  # tree depth + 1: data-dependent
+def fake_tree(like: Tensor, batch: int, num_vertices, pad_levels: bool
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """The fake (meta) output of a tree-building op: (order, parent, level_offsets).
+    The depth + 1 columns of level_offsets are data-dependent: an unbacked size, unless the
+    op pads them to their bound L + 1 (``pad_levels``, see the module docstring)."""
+    num_offsets = num_vertices + 1 if pad_levels else torch.library.get_ctx().new_dynamic_size()
     shape = (batch, num_vertices)
     return (like.new_empty(shape, dtype=torch.long), like.new_empty(shape, dtype=torch.long),
             like.new_empty((batch, num_offsets), dtype=torch.long))
+
+
+def padded_levels(tree: tuple[Tensor, Tensor, Tensor], num_vertices: int, pad_levels: bool
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """The op's output, level_offsets padded with num_vertices to L + 1 columns if asked."""
+    order, parent, level_offsets = tree
+    if pad_levels:
+        missing = num_vertices + 1 - level_offsets.shape[1]
+        level_offsets = torch.nn.functional.pad(level_offsets, (0, missing), value=num_vertices)
+    return order, parent, level_offsets
+
+
+def static_levels() -> bool:
+    """Whether level_offsets must have a static shape: while compiling or exporting."""
+    return torch.compiler.is_compiling()
 
 
 def _bfs_impl(tree_edges: Tensor, num_vertices: int, root: int, impl: str,
@@ -213,7 +239,8 @@ def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | N
         )
     check_root(root, num_vertices)
     impl = check_impl(impl, tree_edges.device)
-    order, parent, level_offsets = _bfs_op(tree_edges.long(), num_vertices, root, impl)
+    order, parent, level_offsets = _bfs_op(tree_edges.long(), num_vertices, root, impl,
+                                           static_levels())
     return Tree(order, parent, level_offsets)
 
 
@@ -288,18 +315,21 @@ def grid_mst_impl(costs: Tensor, height: int, width: int, root: int, impl: str
 
 
 @torch.library.custom_op("grootvl::grid_tree", mutates_args=())
-def _grid_tree_op(guide: Tensor, cost: str, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+def _grid_tree_op(guide: Tensor, cost: str, root: int, impl: str,
+                  pad_levels: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     batch, _, height, width = guide.shape
     if impl == "numba" and batch >= _numba_threads():
-        return _grid_tree_fused(guide, cost, root)
+        return padded_levels(_grid_tree_fused(guide, cost, root), height * width, pad_levels)
     with autocast_off(guide.device):
         costs = grid_edge_costs(guide, cost, impl=impl)
-    return grid_mst_impl(costs, height, width, root, impl)
+    return padded_levels(grid_mst_impl(costs, height, width, root, impl), height * width,
+                         pad_levels)
 
 
 @_grid_tree_op.register_fake
-def _(guide: Tensor, cost: str, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    return _fake_tree(guide, guide.shape[0], guide.shape[2] * guide.shape[3])
+def _(guide: Tensor, cost: str, root: int, impl: str, pad_levels: bool = False
+      ) -> tuple[Tensor, Tensor, Tensor]:
+    return fake_tree(guide, guide.shape[0], guide.shape[2] * guide.shape[3], pad_levels)
 
 
 def _numba_threads() -> int:
@@ -358,7 +388,7 @@ def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None, root
     _check_guide(guide, cost)
     check_root(root, guide.shape[2] * guide.shape[3])
     impl = check_impl(impl, guide.device)
-    return Tree(*_grid_tree_op(guide.detach(), cost, root, impl))
+    return Tree(*_grid_tree_op(guide.detach(), cost, root, impl, static_levels()))
 
 
 def check_root(root: int, num_vertices: int) -> None:

@@ -93,6 +93,15 @@ def _half_inputs(impl: str) -> bool:
     return bool(getattr(_backend(impl), "HALF_INPUTS", False))
 
 
+def _drop_padded_levels(level_offsets: Tensor, num_vertices: int) -> Tensor:
+    """level_offsets cut to (B, D+1): trees built while compiling carry L+1 columns (see
+    ``grootvl.ops.tree``), and the level-by-level backends loop over every column."""
+    if level_offsets.shape[1] != num_vertices + 1 or level_offsets.numel() == 0:
+        return level_offsets
+    depth = int((level_offsets < num_vertices).sum(dim=1).max())  # a row's levels start < L
+    return level_offsets[:, :depth + 1]
+
+
 # --------------------------------------------------------------------------- custom ops
 
 @torch.library.custom_op("grootvl::tree_scan", mutates_args=())
@@ -102,6 +111,7 @@ def _tree_scan_op(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
     if x.numel() == 0:
         y = torch.zeros(x.shape, dtype=out_dtype, device=x.device)
         return y, (y.new_empty(0) if mode == "subtree" else y.clone())
+    level_offsets = _drop_padded_levels(level_offsets, x.shape[1])
     y, up = _backend(impl).scan_forward(x, decay, order, parent, level_offsets, mode)
     if mode == "subtree":
         return y, y.new_empty(0)  # outputs may not alias: backward uses y as up
@@ -120,6 +130,7 @@ def _tree_scan_backward_op(grad_y: Tensor, decay: Tensor, order: Tensor, parent:
                            ) -> tuple[Tensor, Tensor]:
     if grad_y.numel() == 0:
         return torch.zeros_like(grad_y), torch.zeros_like(grad_y)
+    level_offsets = _drop_padded_levels(level_offsets, grad_y.shape[1])
     return _backend(impl).scan_backward(grad_y, decay, order, parent, level_offsets, up, y, mode)
 
 
@@ -157,6 +168,7 @@ def _tree_scan_inplace_op(x: Tensor, decay: Tensor, order: Tensor, parent: Tenso
                           level_offsets: Tensor, mode: str, impl: str) -> None:
     """Forward only: y is left in decay (mode 'full') or x (mode 'subtree')."""
     if x.numel():
+        level_offsets = _drop_padded_levels(level_offsets, x.shape[1])
         _backend(impl).scan_forward_inplace(x, decay, order, parent, level_offsets, mode)
 
 
