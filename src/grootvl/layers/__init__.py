@@ -1,4 +1,5 @@
 """Neural network layers built on ``grootvl.ops`` (modules only compose the operators)."""
+from .mlp import GeluMlp
 from .tree_ssm import TreeSSM
 
-__all__ = ["TreeSSM"]
+__all__ = ["GeluMlp", "TreeSSM"]

@@ -19,7 +19,6 @@ the memory of its inputs (fewer passes over memory, no large temporaries).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -27,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import Tree, grid_tree, tree_scan
+from ..ops._autocast import autocast_disabled
+from ..ops.selective_tree_scan import selective_tree_scan
 from ..ops.ssm_elementwise import discretize, ssm_output
 
 __all__ = ["TreeSSM"]
@@ -52,6 +53,10 @@ class TreeSSM(nn.Module):
     guide features. The scan path (x_proj to out_norm) runs in float32 (float64 for
     float64 inputs), also under autocast.
     """
+
+    #: With autograd, run the memory-lean ``selective_tree_scan`` (False: the plain
+    #: composition of differentiable ops, which keeps every intermediate; same gradients).
+    lean_backward: bool = True
 
     def __init__(
         self,
@@ -129,6 +134,8 @@ class TreeSSM(nn.Module):
         # convolution input below is an exact channels-last tensor (no hidden copy).
         x_in = F.linear(x, weight[:self.d_inner])
         z = F.linear(x, weight[self.d_inner:])  # the gate; its silu is applied in ssm_output
+        if torch.is_grad_enabled() and self.lean_backward:
+            return self._lean_forward(x_in, z, tree)
         # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
         # temporary is a fresh allocation (and page faults) otherwise, which costs about
         # as much as the element-wise op itself on CPU.
@@ -136,6 +143,25 @@ class TreeSSM(nn.Module):
         # conv kept channels-last; x_in is dead now and may hold u
         y, tree = self._scan_path(xs.permute(0, 2, 3, 1), z, tree, spare=x_in)
         return self.out_proj(y), tree
+
+    def _lean_forward(self, x_in: Tensor, z: Tensor, tree: Tree | None) -> tuple[Tensor, Tree]:
+        """Training path: everything after the convolution is one ``selective_tree_scan``,
+        which keeps four (B, L, D) tensors for backward instead of about fifteen."""
+        batch, height, width, d_inner = x_in.shape
+        conv = self.conv2d(x_in.permute(0, 3, 1, 2))  # channels-last memory: the views are free
+        if tree is None:
+            with torch.no_grad():
+                compute = torch.float64 if conv.dtype == torch.float64 else torch.float32
+                tree = grid_tree(F.silu(conv).to(compute), cost=self.tree_cost,
+                                 impl=self.tree_impl)
+        out = selective_tree_scan(
+            conv.permute(0, 2, 3, 1).reshape(batch, height * width, d_inner),
+            z.reshape(batch, height * width, d_inner), self.x_proj_weight[0],
+            self.dt_projs_weight[0], self.dt_projs_bias[0], self.A_logs[:, 0], self.Ds,
+            (self.h_norm.weight, self.h_norm.bias, self.h_norm.eps),
+            (self.out_norm.weight, self.out_norm.bias, self.out_norm.eps), self.out_proj.weight,
+            tree, mode="full", scan_impl=self.scan_impl)
+        return out.view(batch, height, width, self.d_model), tree
 
     def _scan_path(self, xs: Tensor, z: Tensor, tree: Tree | None, spare: Tensor
                    ) -> tuple[Tensor, Tree]:
@@ -150,7 +176,7 @@ class TreeSSM(nn.Module):
         fused = (not torch.is_grad_enabled() and xs.device.type == "cpu"
                  and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
         impl = "numba" if fused else "torch"
-        with _autocast_disabled(xs.device):
+        with autocast_disabled(xs.device):
             # (B, L, D); a view when the convolution kept channels-last memory format
             xs = xs.to(compute).reshape(batch, height * width, d_inner)
             x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
@@ -177,9 +203,3 @@ class TreeSSM(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
                 f"dt_rank={self.dt_rank}, tree_cost={self.tree_cost!r}, scan_impl={self.scan_impl!r}")
-
-
-def _autocast_disabled(device: torch.device):
-    if device.type in ("cpu", "cuda", "xpu", "mps"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()

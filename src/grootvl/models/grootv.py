@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..checkpoint import checkpoint_filter_fn, load_pretrained_into
-from ..layers import TreeSSM
+from ..layers import GeluMlp, TreeSSM
 from ..ops import Tree
 
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
@@ -88,7 +88,7 @@ class GrootVBlock(nn.Module):
         self.TreeSSM = TreeSSM(channels, **ssm_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.Sequential(_layer_norm(channels))
-        self.mlp = Mlp(channels, int(channels * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = GeluMlp(channels, int(channels * mlp_ratio))
 
     def forward(self, x: Tensor, tree: Tree | None = None) -> tuple[Tensor, Tree]:
         """(B, H, W, C) -> ((B, H, W, C), tree used); ``tree`` None builds this block's own."""
