@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from grootvl.ops import grid_tree, tree_scan
 from grootvl.ops.gelu_linear import gelu_linear
 from grootvl.ops.selective_tree_scan import selective_tree_scan
-from grootvl.ops.ssm_elementwise import discretize, ssm_output
+from grootvl.ops.ssm_elementwise import discretize, silu_project_discretize, ssm_output
 from grootvl.ops.ssm_elementwise_backward import (discretize_backward, output_backward,
                                                   silu_input_backward)
 
@@ -101,8 +101,8 @@ def test_keeps_only_its_inputs_x_proj_output_and_scan_output():
     assert len(big(_saved_storages(lambda: call(plain, tensors, trees, "full")))) >= 12
 
 
-def test_elementwise_backward_kernels_agree():
-    """The numba and torch backward stages on their own, float32, rows of odd width."""
+def test_elementwise_stages_agree_between_numba_and_torch():
+    """The stages on their own, float32, rows of odd width."""
     g = torch.Generator().manual_seed(1)
     rand = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     N, D, R = 70, 37, 3
@@ -119,8 +119,10 @@ def test_elementwise_backward_kernels_agree():
         gx = outs[2].clone()
         d_outs = discretize_backward(grad_u, grad_decay, decay, x_dbl, wdt, bdt, x, a, gx, gxd,
                                      impl=impl)
-        pre_grad = silu_input_backward(gx.clone(), grad_proj, wx, pre, impl=impl)
-        results[impl] = [*outs, *d_outs, gx, gxd, pre_grad]
+        pre_grads = silu_input_backward(gx.clone(), grad_proj, wx, pre, impl=impl)
+        forward = silu_project_discretize(pre, wx, wdt, bdt, a, impl=impl)
+        again = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=forward[1], impl=impl)
+        results[impl] = [*outs, *d_outs, gx, gxd, *pre_grads, *forward, *again]
     for got, want in zip(results["numba"], results["torch"]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 

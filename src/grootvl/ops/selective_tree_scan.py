@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._autocast import autocast_disabled, autocast_dtype
-from .ssm_elementwise import discretize, ssm_output
+from .ssm_elementwise import silu_project_discretize, ssm_output
 from .ssm_elementwise_backward import discretize_backward, output_backward, silu_input_backward
 from .tree import Tree
 from .tree_scan import MODES, _backend, default_impl
@@ -94,10 +94,8 @@ def _forward_op(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor, dt_weight: T
         out_norm_weight, out_norm_bias))
     R = wdt.shape[1]
     with torch.no_grad(), autocast_disabled(conv_out.device):
-        xs = F.silu(conv_out.to(compute))
-        x_dbl = F.linear(xs, wx)
-        u, decay = discretize(x_dbl[..., :R], wdt, bdt, xs, x_dbl[..., R:R + 1],
-                              -torch.exp(a_log), impl=impl)
+        xs, x_dbl, u, decay = silu_project_discretize(conv_out.to(compute), wx, wdt, bdt,
+                                                      -torch.exp(a_log), impl=impl)
         trees = list(zip(orders, parents, level_offsets))
         ys = _scans(u, decay, trees, mode, scan_impl)
         h = ys[0] if len(trees) == 1 else ys.sum(0)
@@ -134,7 +132,8 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, y
     trees = list(zip(orders, parents, level_offsets))
     with torch.no_grad(), autocast_disabled(conv_out.device):
         pre = conv_out.to(compute)
-        xs = F.silu(pre)
+        a = -torch.exp(a_log_c)
+        xs, _, u, decay = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=x_dbl, impl=impl)
         h = ys[0] if len(trees) == 1 else ys.sum(0)
         w_out = out_proj_weight.to(proj_dtype)
         grad_gated = (grad_out.to(proj_dtype) @ w_out).to(compute)
@@ -146,15 +145,13 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, y
         rows = grad_out.reshape(-1, grad_out.shape[-1]).to(proj_dtype)
         grad_out_proj = rows.T @ gated.to(proj_dtype).reshape(-1, D)
         del gated
-        a = -torch.exp(a_log_c)
-        u, decay = discretize(x_dbl[..., :R], wdt, bdt, xs, x_dbl[..., R:R + 1], a, impl=impl)
         grad_u, grad_decay = _scan_grads(grad_h, u, decay, ys, trees, mode, scan_impl)
         del u, grad_h
         grad_wdt, grad_bdt, grad_a = discretize_backward(
             grad_u, grad_decay, decay, x_dbl, wdt, bdt, xs, a, grad_xs, grad_x_dbl, impl=impl)
         del grad_u, grad_decay, decay
-        grad_wx = grad_x_dbl.reshape(-1, R + 2).T @ xs.reshape(-1, D)
-        grad_conv = silu_input_backward(grad_xs, grad_x_dbl, wx, pre, impl=impl)
+        del xs
+        grad_conv, grad_wx = silu_input_backward(grad_xs, grad_x_dbl, wx, pre, impl=impl)
     grads = (grad_conv, grad_z, grad_wx, grad_wdt, grad_bdt, grad_a * a, *norm_grads,
              grad_out_proj)
     inputs = (conv_out, z, *params, out_proj_weight)

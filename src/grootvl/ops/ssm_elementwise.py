@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._vecmath_numba import exp, silu, softplus
 
-__all__ = ["discretize", "ssm_output"]
+__all__ = ["discretize", "silu_project_discretize", "ssm_output"]
 
 IMPLS = ("torch", "numba")
 # error_model="numpy" (x / 0 gives inf, as in torch): numba's default Python error model
@@ -74,6 +74,39 @@ def _discretize_rows(dt, weight_t, bias, x, b, a, u, decay):
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
         _discretize_chunk(dt, weight_t, bias, x, b, a, u, decay, j * _ROWS_PER_CHUNK,
                           min(n, (j + 1) * _ROWS_PER_CHUNK))
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _silu_project_row(pre, proj, x, x_dbl, project):
+    for k in range(pre.shape[0]):
+        x[k] = silu(pre[k])
+    if project:  # R + 2 dot products: a matmul this narrow runs far below peak in BLAS
+        for j in range(proj.shape[0]):
+            w = proj[j]
+            total = x.dtype.type(0)
+            for k in range(pre.shape[0]):
+                total += w[k] * x[k]
+            x_dbl[j] = total
+
+
+@njit(cache=True, error_model="numpy")
+def _silu_project_discretize_chunk(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project,
+                                   r0, r1):
+    R = weight_t.shape[0]
+    delta = np.empty(x.shape[1], x.dtype)
+    for i in range(r0, r1):
+        _silu_project_row(pre[i], proj, x[i], x_dbl[i], project)
+        _discretize_row(x_dbl[i, :R], weight_t, bias, x[i], x_dbl[i, R], a, u[i], decay[i],
+                        delta)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _silu_project_discretize_rows(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project):
+    n = x.shape[0]
+    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
+        _silu_project_discretize_chunk(pre, proj, weight_t, bias, a, x, x_dbl, u, decay,
+                                       project, j * _ROWS_PER_CHUNK,
+                                       min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -200,6 +233,47 @@ def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Ten
     _discretize_rows(*_numpy(dt.reshape(-1, R), dt_weight.t(), dt_bias, x.reshape(-1, D),
                              b.reshape(-1), a), _rows(u, D, "u"), _rows(decay, D, "decay"))
     return u, decay
+
+
+def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
+                            dt_bias: Tensor, a: Tensor, x_dbl: Tensor | None = None,
+                            impl: str = "torch") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x = silu(pre), x_dbl = x @ proj_weight.T = [dt (R), b, c], then ``discretize``.
+
+    Args:
+        pre: (..., D) scan input before its silu. proj_weight: (R + 2, D) (x_proj).
+        dt_weight: (D, R). dt_bias: (D,). a: (D,) A (negative).
+        x_dbl: (..., R + 2) x_proj's output when already known (backward recomputes only
+            x, u and decay); None computes it.
+        impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU, one pass per row).
+
+    Returns:
+        (x, x_dbl, u, decay).
+    """
+    _check_impl("silu_project_discretize", impl)
+    D, R = dt_weight.shape
+    if impl == "torch":
+        x = F.silu(pre)
+        x_dbl = F.linear(x, proj_weight) if x_dbl is None else x_dbl
+        return (x, x_dbl, *discretize(x_dbl[..., :R], dt_weight, dt_bias, x,
+                                      x_dbl[..., R:R + 1], a))
+    if proj_weight.shape != (R + 2, D):
+        raise ValueError(f"silu_project_discretize: proj_weight must be ({R + 2}, {D}) for a "
+                         f"({D}, {R}) dt_weight, got {tuple(proj_weight.shape)}")
+    _check_shapes("silu_project_discretize", {"pre": pre}, {}, {"a": a, "dt_bias": dt_bias})
+    _check_numba("silu_project_discretize", {"pre": pre, "proj_weight": proj_weight,
+                                             "dt_weight": dt_weight, "dt_bias": dt_bias, "a": a},
+                 pre.dtype)
+    project = x_dbl is None
+    if project:
+        x_dbl = torch.empty((*pre.shape[:-1], R + 2), dtype=pre.dtype)
+    x, u, decay = (torch.empty(pre.shape, dtype=pre.dtype) for _ in range(3))
+    x_dbl_rows = _rows(x_dbl, R + 2, "x_dbl") if project else _numpy(x_dbl.reshape(-1, R + 2))[0]
+    _silu_project_discretize_rows(*_numpy(pre.reshape(-1, D), proj_weight, dt_weight.t(),
+                                          dt_bias, a),
+                                  _rows(x, D, "x"), x_dbl_rows, _rows(u, D, "u"),
+                                  _rows(decay, D, "decay"), project)
+    return x, x_dbl, u, decay
 
 
 def ssm_output(h: Tensor, c: Tensor, x: Tensor, z: Tensor, skip: Tensor,

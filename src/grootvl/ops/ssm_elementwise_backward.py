@@ -11,6 +11,7 @@ and recompute every cheap intermediate (silu, Δ, the LayerNorms, the gate) on t
                           ->  gradients of dt, b, W_Δ, b_Δ, a; adds Δ · b · grad_u to grad_x
     silu_input_backward:  x = silu(pre), feeding both the layer (grad_x) and a projection
                           (grad_proj, weight W): grad_pre = (grad_x + grad_proj W) · silu'(pre)
+                          and grad_W = grad_projᵀ x
 
 Rows are (..., D) channels-last; per-position scalars (b, c) are single columns of x_proj's
 output ``x_dbl`` = [dt (R), b, c]. ``impl="torch"`` composes ATen ops (any device; the
@@ -178,32 +179,38 @@ def _discretize_backward_rows(gu, gl, lam, x_dbl, weight_t, bias, x, a, grad_x, 
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _silu_input_backward_row(gx, gp, weight, pre, out, tmp):
+def _silu_input_backward_row(gx, gp, weight, pre, out, acc, sig, x, tmp):
     one = pre.dtype.type(1)
     for k in range(pre.shape[0]):
+        s = one / (one + exp(-pre[k]))
+        sig[k] = s
+        x[k] = pre[k] * s
         tmp[k] = gx[k]
     for j in range(gp.shape[0]):
-        g, w = gp[j], weight[j]
+        g, w, aw = gp[j], weight[j], acc[j]
         for k in range(pre.shape[0]):
             tmp[k] += g * w[k]
+            aw[k] += g * x[k]
     for k in range(pre.shape[0]):
-        p = pre[k]
-        sig = one / (one + exp(-p))
-        out[k] = tmp[k] * (sig * (one + p * (one - sig)))
+        s = sig[k]
+        out[k] = tmp[k] * (s * (one + pre[k] * (one - s)))
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _silu_input_backward_chunk(gx, gp, weight, pre, out, r0, r1):
-    tmp = np.empty(pre.shape[1], pre.dtype)
+def _silu_input_backward_chunk(gx, gp, weight, pre, out, acc, r0, r1):
+    n = pre.shape[1]
+    sig = np.empty(n, pre.dtype)
+    x = np.empty(n, pre.dtype)
+    tmp = np.empty(n, pre.dtype)
     for i in range(r0, r1):
-        _silu_input_backward_row(gx[i], gp[i], weight, pre[i], out[i], tmp)
+        _silu_input_backward_row(gx[i], gp[i], weight, pre[i], out[i], acc, sig, x, tmp)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _silu_input_backward_rows(gx, gp, weight, pre, out):
+def _silu_input_backward_rows(gx, gp, weight, pre, out, acc):
     n = pre.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
-        _silu_input_backward_chunk(gx, gp, weight, pre, out, j * _ROWS_PER_CHUNK,
+        _silu_input_backward_chunk(gx, gp, weight, pre, out, acc[j], j * _ROWS_PER_CHUNK,
                                    min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
@@ -306,19 +313,22 @@ def discretize_backward(grad_u: Tensor, grad_decay: Tensor, decay: Tensor, x_dbl
 
 
 def silu_input_backward(grad_x: Tensor, grad_proj: Tensor, proj_weight: Tensor, pre: Tensor,
-                        impl: str = "torch") -> Tensor:
-    """(grad_x + grad_proj @ proj_weight) · silu'(pre): the gradient of ``pre`` when
-    x = silu(pre) feeds the layer and the projection ``x @ proj_weight.T``.
+                        impl: str = "torch") -> tuple[Tensor, Tensor]:
+    """Backward of x = silu(pre) feeding the layer (grad_x) and the projection
+    ``x @ proj_weight.T`` (grad_proj).
 
-    ``impl="numba"`` writes the result into grad_x's memory and returns it.
+    Returns (grad_pre, grad_proj_weight) = ((grad_x + grad_proj @ proj_weight) · silu'(pre),
+    grad_projᵀ @ silu(pre)). ``impl="numba"`` writes grad_pre into grad_x's memory.
     """
     _check_impl("silu_input_backward", impl)
+    D, P = grad_x.shape[-1], grad_proj.shape[-1]
     if impl == "torch":
-        return aten.silu_backward(torch.addmm(grad_x.reshape(-1, grad_x.shape[-1]),
-                                              grad_proj.reshape(-1, grad_proj.shape[-1]),
-                                              proj_weight).view(grad_x.shape), pre)
-    D = grad_x.shape[-1]
+        rows = grad_proj.reshape(-1, P)
+        grad_pre = aten.silu_backward(torch.addmm(grad_x.reshape(-1, D), rows, proj_weight)
+                                      .view(grad_x.shape), pre)
+        return grad_pre, rows.T @ F.silu(pre).reshape(-1, D)
     gx = grad_x.view(-1, D).numpy()
+    acc = np.zeros((_chunks(gx.shape[0]), P, D), _NP_DTYPE[grad_x.dtype])
     _silu_input_backward_rows(gx, _rows(grad_proj), proj_weight.detach().contiguous().numpy(),
-                              _rows(pre), gx)
-    return grad_x
+                              _rows(pre), gx, acc)
+    return grad_x, torch.from_numpy(acc.sum(0))
