@@ -189,7 +189,7 @@ def peak_child(label: str, batch: int, size: int) -> None:
     print(f"PEAK {(_memory_kib('VmHWM') - before) * 1024}")
 
 
-def peak_section(args) -> None:
+def peak_section(args, labels: list[str]) -> None:
     print("\nPeak resident memory of one training step above the process's memory before it "
           "(fresh process per model; includes gradients and AdamW state, which are created in "
           "the step):")
@@ -197,7 +197,7 @@ def peak_section(args) -> None:
         print("  not measurable here (needs Linux /proc)")
         return
     peaks = {}
-    for label in MODELS:
+    for label in labels:
         cmd = [sys.executable, __file__, "--peak-child", label, "--batch", str(args.batch),
                "--size", str(args.size), "--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -310,6 +310,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per section")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="comma-separated subset of: " + ",".join(SECTIONS))
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated subset of: " + ",".join(MODELS))
     parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -322,13 +324,17 @@ def main() -> None:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    chosen = args.models.split(",")
+    if set(chosen) - set(MODELS) or not {"grootv_tiny", BASELINE} <= set(chosen):
+        parser.error(f"--models: choose from {','.join(MODELS)}, including grootv_tiny and "
+                     f"{BASELINE}")
     print(f"CPU, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, "
           f"float32, {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     labels = torch.randint(0, 1000, (args.batch,))
-    models = {label: create(label, args.size) for label in MODELS} \
+    models = {label: create(label, args.size) for label in chosen} \
         if {"inference", "train", "saved", "breakdown"} & set(sections) else {}
     if "inference" in sections:
         inference_section(models, x, args.rounds)
@@ -337,7 +343,7 @@ def main() -> None:
     if "saved" in sections:
         saved_section(models, x)
     if "peak" in sections:
-        peak_section(args)
+        peak_section(args, chosen)
     if "grootl" in sections:
         grootl_section(args.rounds)
     if "breakdown" in sections:
