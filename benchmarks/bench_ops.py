@@ -5,6 +5,8 @@ Prints, with targets and PASS/MISS:
   * scan forward+backward / the same elementwise pass (<= 4)
   * tree construction per image / SciPy per image (from benchmarks/bench_tree.py, if present)
   * peak memory that forward+backward allocates beyond its inputs, in multiples of x (<= 4)
+  * a TreeSSM layer forward (CPU inference) with each scan topology option, relative to the
+    default (topology "tree", root "all", cost "cosine"); no target, for the record
 Timings interleave the candidates repeat by repeat and report medians, so machine noise hits
 all of them alike. torch and numba are given the same number of threads (--threads).
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import grootvl  # noqa: F401  first: sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP
 import torch
+from grootvl.layers import TreeSSM
 from grootvl.ops import grid_tree, tree_scan
 
 
@@ -81,6 +84,40 @@ def tree_construction_ratio(batch: int, channels: int, size: int) -> str:
                                                    height=size, width=size))
 
 
+TOPOLOGY_OPTIONS = {
+    "tree (default)": {}, "tree, cost l2": dict(tree_cost="l2"), "tree, cost l1": dict(tree_cost="l1"),
+    "tree, root first": dict(root="first"), "tree, root last": dict(root="last"),
+    "raster": dict(topology="raster"), "raster, root last": dict(topology="raster", root="last"),
+    "cross": dict(topology="cross"), "cross, root last": dict(topology="cross", root="last"),
+    "random": dict(topology="random"),
+}
+
+
+def topology_costs(batch: int, size: int, d_model: int, repeats: int) -> None:
+    """Print each topology option's layer forward time (CPU inference) / the default's."""
+    torch.manual_seed(0)
+    layers = {name: TreeSSM(d_model, **kwargs).eval() for name, kwargs in TOPOLOGY_OPTIONS.items()}
+    state = next(iter(layers.values())).state_dict()
+    for layer in layers.values():
+        layer.load_state_dict(state)
+    x = torch.randn(batch, size, size, d_model)
+
+    def forward(layer):
+        def run():
+            with torch.inference_mode():
+                return layer(x)
+        return run
+
+    med, cpu = interleaved_medians({name: forward(layer) for name, layer in layers.items()},
+                                   repeats)
+    base, base_cpu = med["tree (default)"], cpu["tree (default)"]
+    print(f"TreeSSM({d_model}) forward, CPU inference, x {tuple(x.shape)}, median of {repeats}; "
+          f"time / the default (tree, all roots, cosine) = {base * 1e3:.1f} ms:")
+    for name in layers:
+        print(f"  {name:<18} {med[name] / base:5.2f}  ({med[name] * 1e3:6.1f} ms; in CPU time "
+              f"{cpu[name] / base_cpu:.2f})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -90,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip-tree", action="store_true", help="skip tree construction")
+    parser.add_argument("--skip-topologies", action="store_true",
+                        help="skip the layer forward per scan topology option")
+    parser.add_argument("--d-model", type=int, default=80,
+                        help="TreeSSM width for the topology timings (GrootV-T stage 1: 80)")
     args = parser.parse_args(argv)
 
     import numba
@@ -137,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
           f"(target <= 4) {_verdict(peak, 4.0)}")
     if not args.skip_tree:
         print(tree_construction_ratio(B, C, S))
+    if not args.skip_topologies:
+        topology_costs(B, S, args.d_model, args.repeats)
 
 
 if __name__ == "__main__":

@@ -134,17 +134,21 @@ def test_lean_layer_passes_gradcheck_float64():
     assert torch.autograd.gradcheck(run, (x, *params.values()))
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_lean_and_plain_layers_give_the_same_gradients(dtype, tol):
+@pytest.mark.parametrize("dtype, tol, variant", [
+    (torch.float64, 1e-10, {}), (torch.float32, 1e-4, {}),
+    (torch.float64, 1e-10, dict(topology="cross")), (torch.float64, 1e-10, dict(root="last")),
+    (torch.float64, 1e-10, dict(topology="cross", root="first"))])
+def test_lean_and_plain_layers_give_the_same_gradients(dtype, tol, variant):
     torch.manual_seed(6)
-    layer = _varied(TreeSSM(24).to(dtype))
+    layer = _varied(TreeSSM(24, **variant).to(dtype))
     x = torch.randn(2, 6, 7, 24, dtype=dtype, requires_grad=True)
     weight = torch.randn(2, 6, 7, 24, dtype=dtype)
     results = []
+    tree = None
     for lean in (True, False):
         layer.lean_backward = lean
         layer.zero_grad()
-        out, _ = layer(x)
+        out, tree = layer(x, tree)
         (out * weight).sum().backward()
         results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in layer.parameters())])
         x.grad = None

@@ -28,12 +28,14 @@ def explicit_costs(guide: torch.Tensor, cost: str) -> torch.Tensor:
         if cost == "cosine":
             cos = (a * b).sum(1) / (a.norm(dim=1).clamp_min(1e-8) * b.norm(dim=1).clamp_min(1e-8))
             out.append(torch.exp(-cos))
-        else:
+        elif cost == "l2":
             out.append((a - b).square().sum(1))
+        else:
+            out.append((a - b).abs().sum(1))
     return torch.stack(out, dim=1)
 
 
-@pytest.mark.parametrize("cost", ["cosine", "l2"])
+@pytest.mark.parametrize("cost", ["cosine", "l2", "l1"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_grid_edge_costs_values(cost, impl):
     guide = torch.randn(2, 5, 4, 6, generator=torch.Generator().manual_seed(1))
@@ -110,6 +112,10 @@ def test_tree_container():
         check_tree_matches((tree.order, tree.parent), torch.zeros(3, 12, 5))
     with pytest.raises(ValueError, match="is on meta but the tree is on cpu"):
         tree.check_compatible(torch.zeros(3, 12, 5, device="meta"))
+    with pytest.raises(TypeError, match=r"tree.parent must be an int64"):
+        Tree(tree.order, tree.parent.int(), tree.level_offsets).check_compatible(torch.zeros(3, 12, 5))
+    with pytest.raises(ValueError, match=r"tree.order \(3, 12\), tree.parent \(2, 12\)"):
+        Tree(tree.order, tree.parent[:2], tree.level_offsets).check_compatible(torch.zeros(3, 12, 5))
 
 
 def test_custom_ops_under_torch_compile():
@@ -133,6 +139,10 @@ def test_fake_impls_give_static_shapes():
         assert tree_edges.shape == (3, 8, 2)
         order, parent, offsets = torch.ops.grootvl.bfs_tree(tree_edges, 9, 0, "torch")
         assert order.shape == parent.shape == (3, 9) and offsets.shape[0] == 3
+        order, parent, offsets = torch.ops.grootvl.grid_mst(torch.empty(2, 12), 3, 3, 8, "torch")
+        assert order.shape == parent.shape == (2, 9) and offsets.shape[0] == 2
+        order, parent, offsets = torch.ops.grootvl.grid_tree(torch.empty(2, 4, 3, 3), "l1", 8, "torch")
+        assert order.shape == parent.shape == (2, 9) and offsets.shape[0] == 2
 
 
 # ---- bad input -------------------------------------------------------------------------
@@ -210,6 +220,8 @@ def test_bad_guide():
         grid_tree(torch.ones(1, 2, 3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="cost='cos' is not a grid edge cost"):
         grid_tree(torch.rand(1, 2, 3, 3), cost="cos")
+    with pytest.raises(ValueError, match=r"root must be an int vertex id in \[0, 8\], got 9"):
+        grid_tree(torch.rand(1, 2, 3, 3), root=9)
     for batch in (1, 4):  # stage by stage, and fused (numba, batch >= threads)
         with pytest.raises(ValueError, match=r"costs.*\[0\] contain.* NaN"):
             grid_tree(torch.full((batch, 2, 3, 3), float("nan")))
@@ -222,10 +234,10 @@ def test_fused_cpu_kernel_matches_stage_by_stage(monkeypatch, channels_last):
     guide = torch.randn(3, 5, 7, 6, generator=torch.Generator().manual_seed(5))
     if channels_last:
         guide = guide.to(memory_format=torch.channels_last)
-    for cost in ("cosine", "l2"):
+    for cost, root in (("cosine", 0), ("l2", 0), ("l1", 0), ("cosine", 41)):
         monkeypatch.setattr(tree_module, "_numba_threads", lambda: 1)  # batch >= threads: fused
-        fused = grid_tree(guide, cost=cost, impl="numba")
+        fused = grid_tree(guide, cost=cost, impl="numba", root=root)
         monkeypatch.setattr(tree_module, "_numba_threads", lambda: 99)  # stage by stage
-        staged = grid_tree(guide, cost=cost, impl="numba")
+        staged = grid_tree(guide, cost=cost, impl="numba", root=root)
         for field in ("order", "parent", "level_offsets"):
             assert torch.equal(getattr(fused, field), getattr(staged, field))

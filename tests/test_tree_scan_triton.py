@@ -52,8 +52,7 @@ def _max_err(a, b) -> float:
 
 def _worker() -> dict:
     import torch
-    from grootvl.ops import grid_tree, scan_reference, scan_triton, tree_scan
-
+    from grootvl.ops import grid_chain, grid_tree, scan_reference, scan_triton, tree_scan
 
     gen = torch.Generator().manual_seed(0)
     cases = {
@@ -64,8 +63,14 @@ def _worker() -> dict:
         # C=6 in 4-wide blocks gives two channel blocks per row. BFS order shuffled per level.
         "random": (_shuffle_levels(_random_tree(2, 30, 7, gen), gen), 6,
                    dict(block_v=4, block_c=4)),
+        # Chains (the raster and cross topologies): one vertex per level, L levels; rooted at
+        # the last vertex, the subtree scan is the causal scan along the chain.
+        "row_chain": (grid_chain(3, 4, 2, major="row", root=11), 5, dict(block_v=8, block_c=8)),
+        "column_chain": (grid_chain(3, 4, 2, major="column", root=0), 5,
+                         dict(block_v=8, block_c=8)),
     }
-    dtypes = {"grid": (torch.float64, torch.float32), "random": (torch.float64,)}
+    dtypes = {"grid": (torch.float64, torch.float32), "random": (torch.float64,),
+              "row_chain": (torch.float64,), "column_chain": (torch.float64,)}
     out: dict = {}
     for name, (tree, C, config) in cases.items():
         B, L = tree.order.shape
@@ -112,6 +117,25 @@ def _worker() -> dict:
         "y": _max_err(y_pub, y_q) / y_q.abs().max().item(),
         "grad_x": _max_err(gx_pub, gx_q) / gx_q.abs().max().item(),
         "grad_decay": _max_err(gd_pub, gd_q) / gd_q.abs().max().item()}
+
+    # A TreeSSM layer with two chains scanned causally (topology "cross", root "last")
+    # through the Triton scan, with autograd and in inference mode (where the layer lets the
+    # second scan overwrite its inputs, which the Triton backend declines), against the oracle.
+    from grootvl.layers import TreeSSM
+
+    torch.manual_seed(0)
+    layer = TreeSSM(4, topology="cross", root="last", scan_impl="triton").double()
+    reference = TreeSSM(4, topology="cross", root="last", scan_impl="reference").double()
+    reference.load_state_dict(layer.state_dict())
+    xl = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y_t, _ = layer(xl)
+    (g_t,) = torch.autograd.grad(y_t.sum(), xl)
+    y_r, _ = reference(xl)
+    (g_r,) = torch.autograd.grad(y_r.sum(), xl)
+    with torch.inference_mode():
+        y_i, _ = layer(xl.detach())
+    out["layer_cross_last"] = {"y": _max_err(y_t, y_r), "grad_x": _max_err(g_t, g_r),
+                               "inference": _max_err(y_i, y_r)}
 
     # Without the interpreter, CPU tensors must be refused with a message naming the fix.
     os.environ["TRITON_INTERPRET"] = "0"
@@ -196,7 +220,9 @@ def test_kernels_compile_for_sm90_with_barriers():
 
 
 @pytest.mark.parametrize("case, dtype", [("grid", "torch.float64"), ("grid", "torch.float32"),
-                                         ("random", "torch.float64")])
+                                         ("random", "torch.float64"),
+                                         ("row_chain", "torch.float64"),
+                                         ("column_chain", "torch.float64")])
 @pytest.mark.parametrize("mode", ["full", "subtree"])
 def test_forward_and_gradients_match_dense_oracle(results, case, mode, dtype):
     r = results[f"{case}/{mode}/{dtype}"]
@@ -217,6 +243,12 @@ def test_public_op_bf16_in_bf16_out_with_gradients(results):
     assert r["dtypes"] == ["torch.bfloat16"] * 3
     for key in ("y", "grad_x", "grad_decay"):
         assert r[key] < 1e-2, (key, r)  # bf16 output rounding only (2^-8 relative)
+
+
+def test_layer_with_two_causal_chains(results):
+    r = results["layer_cross_last"]
+    for key in ("y", "grad_x", "inference"):
+        assert r[key] < 1e-10, (key, r)
 
 
 def test_cpu_tensors_refused_without_interpreter(results):

@@ -150,7 +150,9 @@ def _with_placeholder_tree(shapes: list):
         x = args[0]
         batch, height, width = (int(s) for s in x.shape[:3])
         shapes.append((batch, height, width, module.d_inner))
-        return (x, _comb_tree(batch, height, width, x.device))
+        tree = _comb_tree(batch, height, width, x.device)
+        # topology "cross" scans two chains and takes them as a pair
+        return (x, (tree, tree) if getattr(module, "topology", "tree") == "cross" else tree)
     return hook
 
 

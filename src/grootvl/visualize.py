@@ -66,9 +66,16 @@ class BlockCapture:
     guide: torch.Tensor      # (D, H, W) guide features
     decay: torch.Tensor      # (L, D) per-vertex, per-channel decay λ
     parent: torch.Tensor     # (L,) parent vertex of each vertex, -1 at the root
-    tree: object             # grootvl.ops.Tree used by the block (batch of 1)
+    tree: object             # grootvl.ops.Tree used by the block (batch of 1), or for the
+                             # "cross" topology its (row-major, column-major) pair of chains
     height: int
     width: int
+    layer: nn.Module         # the block's TreeSSM: its scan() propagates like the block
+
+    @property
+    def trees(self) -> tuple:
+        """The block's tree(s) as a tuple (two chains for topology "cross")."""
+        return self.tree if isinstance(self.tree, tuple) else (self.tree,)
 
 
 def find_tree_ssm(model: nn.Module, stage: int, block: int) -> nn.Module:
@@ -104,10 +111,11 @@ def capture_block(model: nn.Module, image: torch.Tensor, stage: int = 0, block: 
         model.train(was_training)
     guide = F.silu(seen["conv"][0].float())            # (D, H, W)
     tree = seen["tree"]
+    first = tree[0] if isinstance(tree, tuple) else tree
     d_inner, height, width = guide.shape
     decay = block_decay(layer, guide.reshape(d_inner, -1).t())
-    return BlockCapture(guide=guide.cpu(), decay=decay.cpu(), parent=tree.parent[0].cpu(),
-                        tree=tree, height=height, width=width)
+    return BlockCapture(guide=guide.cpu(), decay=decay.cpu(), parent=first.parent[0].cpu(),
+                        tree=tree, height=height, width=width, layer=layer)
 
 
 def block_decay(layer: nn.Module, xs: torch.Tensor) -> torch.Tensor:
@@ -120,14 +128,19 @@ def block_decay(layer: nn.Module, xs: torch.Tensor) -> torch.Tensor:
 
 
 def propagation_weights(capture: BlockCapture, pixel: int) -> torch.Tensor:
-    """Channel-mean S(p, .) over the block's tree, as an (H, W) map (1 at p itself)."""
-    from grootvl.ops import tree_scan
+    """Channel-mean S(p, .) over the block's tree(s), as an (H, W) map (1 at p itself).
 
+    The block's own scan: its mode (subtree for root "first"/"last") and, for topology
+    "cross", the sum over both chains.
+    """
     length, d_inner = capture.decay.shape
     x = torch.zeros(1, length, d_inner, dtype=torch.float64)
     x[0, pixel] = 1.0
-    tree = capture.tree.to(torch.device("cpu"))
-    s = tree_scan(x, capture.decay.double().unsqueeze(0).contiguous(), tree, mode="full")
+    cpu = torch.device("cpu")
+    trees = tuple(t.to(cpu) for t in capture.trees)
+    with torch.no_grad():
+        s = capture.layer.scan(x, capture.decay.double().unsqueeze(0).contiguous(),
+                               trees if isinstance(capture.tree, tuple) else trees[0])
     return s[0].mean(dim=1).view(capture.height, capture.width).float()
 
 
@@ -172,14 +185,18 @@ def render_tree_figure(model: nn.Module, image: torch.Tensor, display: Image.Ima
     axes[0].set_title(title or "input")
     axes[1].imshow(shown, alpha=0.55)
     lw = max(0.4, min(2.0, 120.0 / max(cap.height, cap.width)))
-    axes[1].add_collection(LineCollection(tree_segments(cap.parent, cap.height, cap.width, sy, sx),
-                                          colors="#ffd000", linewidths=lw))
-    axes[1].plot([0.5 * sx], [0.5 * sy], "o", color="red", ms=4)  # root: vertex 0
+    for tree, color in zip(cap.trees, ("#ffd000", "#00d0ff")):  # cross: both chains
+        axes[1].add_collection(LineCollection(
+            tree_segments(tree.parent[0].cpu(), cap.height, cap.width, sy, sx),
+            colors=color, linewidths=lw))
+    root_row, root_col = divmod(int(cap.trees[0].root[0]), cap.width)
+    axes[1].plot([(root_col + 0.5) * sx], [(root_row + 0.5) * sy], "o", color="red", ms=4)
     axes[1].set_title(f"spanning tree, stage {stage} block {block} ({cap.height}x{cap.width})")
     log_s = torch.log10(weights.clamp_min(1e-12)).numpy()
     axes[2].imshow(shown, alpha=0.35)
     heat = axes[2].imshow(log_s, cmap="inferno", alpha=0.8, extent=(0, img_w, img_h, 0),
-                          interpolation="nearest", vmin=max(log_s.min(), -12.0), vmax=0.0)
+                          interpolation="nearest", vmin=max(log_s.min(), -12.0),
+                          vmax=max(0.0, float(log_s.max())))  # cross: S(p, p) = 2
     axes[2].plot([(col + 0.5) * sx], [(row + 0.5) * sy], "c+", ms=10, mew=2)
     axes[2].set_title("log10 S(p, .) (channel mean), p = +")
     fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04)

@@ -1,8 +1,11 @@
-"""The vision Tree SSM layer of GrootV (DESIGN.md §4).
+"""The vision Tree SSM layer of GrootV (docs/design.md, "The TreeSSM layer").
 
 A selective state space layer whose state propagates over a minimum spanning tree of the
-pixel grid instead of a 1-D sequence. Parameter names and shapes are those of the released
-GrootV checkpoints (``in_proj``, ``conv2d``, ``x_proj_weight``, ``dt_projs_weight``,
+pixel grid instead of a 1-D sequence. For ablations the same layer can scan other graphs
+(a raster chain, row and column chains, a random spanning tree) from one root or all
+(docs/design.md, "Scan topologies"); the graphs are built in ``grootvl.ops``, the layer only
+selects them and sums the scans of ``"cross"``. Parameter names and shapes are those of the
+released GrootV checkpoints (``in_proj``, ``conv2d``, ``x_proj_weight``, ``dt_projs_weight``,
 ``dt_projs_bias``, ``A_logs``, ``Ds``, ``out_norm``, ``h_norm``, ``out_proj``), so their
 state dicts load unchanged.
 
@@ -12,10 +15,15 @@ are the depthwise convolution's (its output is produced in channels-last memory 
 viewing it back as (B, H, W, D) is free) and the copy ``grid_tree`` makes to compute edge
 costs in the original's reduction order.
 
-Two execution paths, same numbers: with autograd (training) or on GPU the element-wise stages
-are torch compositions (``impl="torch"`` of ``grootvl.ops.ssm_elementwise``); for CPU
-inference they are fused numba kernels, Δ is never materialised and the tree scan works in
-the memory of its inputs (fewer passes over memory, no large temporaries).
+Execution paths, same numbers:
+* with autograd (training), everything after the depthwise convolution is one
+  ``grootvl.ops.selective_tree_scan`` op, on any device: it keeps only its inputs, x_proj's
+  small output and the scan output for backward and recomputes the rest there (fused numba
+  passes on CPU, torch compositions elsewhere), about a quarter of what autograd would keep;
+* without autograd on CPU, the element-wise stages are fused numba kernels, Δ is never
+  materialised and the tree scan works in the memory of its inputs;
+* otherwise (GPU inference, tracing, ``lean_backward = False``) the element-wise stages are
+  torch compositions (``impl="torch"`` of ``grootvl.ops.ssm_elementwise``).
 """
 from __future__ import annotations
 
@@ -25,12 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import Tree, grid_tree, tree_scan
-from ..ops._autocast import autocast_disabled
+from ..ops import Tree, grid_chain, grid_tree, random_grid_tree, tree_scan
 from ..ops.selective_tree_scan import selective_tree_scan
 from ..ops.ssm_elementwise import discretize, ssm_output
+from ..ops.tree import GRID_COSTS, autocast_off
 
-__all__ = ["TreeSSM"]
+__all__ = ["ROOTS", "TOPOLOGIES", "TREE_COSTS", "Trees", "TreeSSM"]
+
+TOPOLOGIES = ("tree", "raster", "cross", "random")
+ROOTS = ("all", "first", "last")
+TREE_COSTS = GRID_COSTS  # ("cosine", "l2", "l1")
+Trees = Tree | tuple[Tree, Tree]  # what a layer scans over: one tree, or the two chains of cross
 
 
 class TreeSSM(nn.Module):
@@ -43,15 +56,30 @@ class TreeSSM(nn.Module):
         expand: d_inner = expand * d_model channels inside the layer.
         dt_rank: rank R of the Δ projection; ``None`` means ceil(d_model / 16).
         d_conv: kernel size of the depthwise convolution.
-        dt_min, dt_max, dt_init_floor: range of the initial step size Δ (DESIGN.md §4).
-        tree_cost: edge cost for the spanning tree, ``"cosine"`` (GrootV) or ``"l2"``.
+        dt_min, dt_max, dt_init_floor: range of the initial step size Δ.
+        tree_cost: edge cost of the spanning tree of ``topology="tree"``: ``"cosine"``
+            (GrootV), ``"l2"`` (squared Euclidean) or ``"l1"`` (Manhattan).
         scan_impl: ``tree_scan`` implementation (``None``: fastest for the device).
-        tree_impl: ``grid_tree`` implementation (``None``: fastest for the device).
+        tree_impl: implementation of the MSTs of ``"tree"`` and ``"random"``: ``"numba"``
+            (CPU), ``"torch"`` or ``None`` (fastest for the device).
+        topology: the graph the state propagates over (docs/design.md, "Scan topologies"):
+            ``"tree"`` (the minimum spanning tree of the guide features, as GrootV);
+            ``"raster"`` (the row-major chain, pixel i linked to pixel i + 1, as a 1-D Mamba
+            reads an image); ``"cross"`` (the row-major and the column-major chain, scanned
+            with the same inputs and decays and summed before ``h_norm``); ``"random"`` (the
+            minimum spanning tree of random edge costs, drawn anew at every forward: a
+            spanning tree that ignores the features).
+        root: ``"all"`` (scan mode "full": every vertex receives every other; the trees are
+            rooted at vertex 0 internally), ``"first"`` or ``"last"`` (one root at vertex 0 or
+            H*W - 1, the first or last pixel in raster order, and scan mode "subtree": each
+            vertex aggregates its own subtree). ``topology="raster", root="last"`` is a causal
+            selective scan in raster order (pixel i sees pixels <= i).
 
-    ``forward(x, tree=None)`` returns ``(out, tree)``: pass a ``Tree`` to reuse one built
-    by an earlier layer (tree sharing), otherwise the tree is built from this layer's
-    guide features. The scan path (x_proj to out_norm) runs in float32 (float64 for
-    float64 inputs), also under autocast.
+    ``forward(x, tree=None)`` returns ``(out, tree)``: the ``Tree`` it scanned over, or for
+    ``topology="cross"`` the tuple ``(row-major chain, column-major chain)``. Pass that back
+    in to reuse it (tree sharing), otherwise it is built from this layer's guide features
+    (chains are cached, not rebuilt). The scan path (x_proj to out_norm) runs in float32
+    (float64 for float64 inputs), also under autocast.
     """
 
     #: With autograd, run the memory-lean ``selective_tree_scan`` (False: the plain
@@ -71,6 +99,8 @@ class TreeSSM(nn.Module):
         tree_cost: str = "cosine",
         scan_impl: str | None = None,
         tree_impl: str | None = None,
+        topology: str = "tree",
+        root: str = "all",
     ) -> None:
         super().__init__()
         if d_state != 1:
@@ -80,11 +110,17 @@ class TreeSSM(nn.Module):
             )
         if d_conv < 1 or d_conv % 2 == 0:
             raise ValueError(f"d_conv must be an odd kernel size >= 1, got {d_conv}")
+        for arg, value, allowed in (("topology", topology, TOPOLOGIES), ("root", root, ROOTS),
+                                    ("tree_cost", tree_cost, TREE_COSTS)):
+            if value not in allowed:
+                raise ValueError(f"{arg}={value!r} is not supported; use one of {allowed}")
         self.d_model = d_model
         self.d_inner = d_inner = int(expand * d_model)
         self.d_state = d_state
         self.dt_rank = dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         self.tree_cost = tree_cost
+        self.topology = topology
+        self.root = root
         self.scan_impl = scan_impl
         self.tree_impl = tree_impl
 
@@ -108,7 +144,7 @@ class TreeSSM(nn.Module):
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1,
                              dt_init_floor: float = 1e-4) -> None:
-        """Initialise x_proj, Δ projection, A and D as in DESIGN.md §4.
+        """Initialise x_proj, Δ projection, A and D (docs/design.md, "The TreeSSM layer").
 
         ``in_proj``/``out_proj``/norms keep their module defaults here; the backbone
         re-initialises linear layers (truncated normal) and norms.
@@ -122,13 +158,72 @@ class TreeSSM(nn.Module):
                           .expand(self.d_inner, -1))
         self.Ds.fill_(1.0)
 
-    def forward(self, x: Tensor, tree: Tree | None = None) -> tuple[Tensor, Tree]:
-        """(B, H, W, C) -> ((B, H, W, C), the tree the state propagated over)."""
+    @property
+    def scan_mode(self) -> str:
+        """The ``tree_scan`` mode: "full" for ``root="all"``, else "subtree"."""
+        return "full" if self.root == "all" else "subtree"
+
+    def root_vertex(self, num_vertices: int) -> int:
+        """The vertex the trees are rooted at: H*W - 1 for ``root="last"``, else 0."""
+        return num_vertices - 1 if self.root == "last" else 0
+
+    def build_trees(self, guide: Tensor) -> Trees:
+        """The tree(s) this layer scans over for guide features (B, D, H, W); no gradient."""
+        batch, _, height, width = guide.shape
+        root = self.root_vertex(height * width)
+        if self.topology == "tree":
+            return grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl, root=root)
+        if self.topology == "random":
+            return random_grid_tree(batch, height, width, root=root, device=guide.device,
+                                    impl=self.tree_impl)
+        row = grid_chain(height, width, batch, major="row", root=root, device=guide.device)
+        if self.topology == "raster":
+            return row
+        return row, grid_chain(height, width, batch, major="column", root=root,
+                               device=guide.device)
+
+    def scan(self, u: Tensor, decay: Tensor, trees: Trees, overwrite_inputs: bool = False
+             ) -> Tensor:
+        """Propagate u (B, L, D) with ``decay`` over ``trees`` in this layer's scan mode.
+
+        For ``topology="cross"`` (two chains) the two scans are summed. ``overwrite_inputs``
+        lets the last scan work in u's and decay's memory (see ``tree_scan``); the earlier
+        one must not, as the last still reads them.
+        """
+        trees = self._check_trees(trees)
+        h = None
+        for i, tree in enumerate(trees):
+            in_place = overwrite_inputs and i == len(trees) - 1
+            y = tree_scan(u, decay, tree, mode=self.scan_mode, impl=self.scan_impl,
+                          overwrite_inputs=in_place)
+            if h is None:
+                h = y
+            else:  # y is a dead temporary when the scan was allowed to work in place
+                h = y.add_(h) if in_place and not y.requires_grad else h + y
+        return h
+
+    def _check_trees(self, trees: Trees) -> tuple[Tree, ...]:
+        if self.topology == "cross":
+            if not (isinstance(trees, tuple) and len(trees) == 2
+                    and all(isinstance(t, Tree) for t in trees)):
+                raise TypeError(
+                    "topology='cross' scans two chains: tree must be the tuple (row-major chain, "
+                    f"column-major chain) that the layer returned, got {type(trees).__name__}")
+            return trees
+        if not isinstance(trees, Tree):
+            raise TypeError(f"topology={self.topology!r} scans one tree: tree must be a "
+                            f"grootvl.ops.Tree (as the layer returned), got {type(trees).__name__}")
+        return (trees,)
+
+    def forward(self, x: Tensor, tree: Trees | None = None) -> tuple[Tensor, Trees]:
+        """(B, H, W, C) -> ((B, H, W, C), the tree(s) the state propagated over)."""
         if x.dim() != 4 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"TreeSSM expects channels-last input (B, H, W, {self.d_model}), got shape "
                 f"{tuple(x.shape)}"
             )
+        if tree is not None:
+            self._check_trees(tree)
         weight = self.in_proj.weight
         # Two projections instead of one + chunk: each half comes out contiguous, so the
         # convolution input below is an exact channels-last tensor (no hidden copy).
@@ -144,28 +239,29 @@ class TreeSSM(nn.Module):
         y, tree = self._scan_path(xs.permute(0, 2, 3, 1), z, tree, spare=x_in)
         return self.out_proj(y), tree
 
-    def _lean_forward(self, x_in: Tensor, z: Tensor, tree: Tree | None) -> tuple[Tensor, Tree]:
-        """Training path: everything after the convolution is one ``selective_tree_scan``,
+    def _lean_forward(self, x_in: Tensor, z: Tensor, tree: Trees | None
+                      ) -> tuple[Tensor, Trees]:
+        """With autograd: everything after the convolution is one ``selective_tree_scan``,
         which keeps four (B, L, D) tensors for backward instead of about fifteen."""
         batch, height, width, d_inner = x_in.shape
         conv = self.conv2d(x_in.permute(0, 3, 1, 2))  # channels-last memory: the views are free
         if tree is None:
-            with torch.no_grad():
+            with torch.no_grad():  # only the MST reads the guide's values
                 compute = torch.float64 if conv.dtype == torch.float64 else torch.float32
-                tree = grid_tree(F.silu(conv).to(compute), cost=self.tree_cost,
-                                 impl=self.tree_impl)
+                guide = F.silu(conv).to(compute) if self.topology == "tree" else conv
+                tree = self.build_trees(guide)
         out = selective_tree_scan(
             conv.permute(0, 2, 3, 1).reshape(batch, height * width, d_inner),
             z.reshape(batch, height * width, d_inner), self.x_proj_weight[0],
             self.dt_projs_weight[0], self.dt_projs_bias[0], self.A_logs[:, 0], self.Ds,
             (self.h_norm.weight, self.h_norm.bias, self.h_norm.eps),
             (self.out_norm.weight, self.out_norm.bias, self.out_norm.eps), self.out_proj.weight,
-            tree, mode="full", scan_impl=self.scan_impl)
+            self._check_trees(tree), mode=self.scan_mode, scan_impl=self.scan_impl)
         return out.view(batch, height, width, self.d_model), tree
 
-    def _scan_path(self, xs: Tensor, z: Tensor, tree: Tree | None, spare: Tensor
-                   ) -> tuple[Tensor, Tree]:
-        """The selective scan over the tree, in float32, gated by z: (B, H, W, D) -> same.
+    def _scan_path(self, xs: Tensor, z: Tensor, tree: Trees | None, spare: Tensor
+                   ) -> tuple[Tensor, Trees]:
+        """The selective scan over the tree(s), in float32, gated by z: (B, H, W, D) -> same.
 
         ``spare``: a dead (B, H, W, D) temporary that the CPU inference path writes u into.
         """
@@ -176,7 +272,7 @@ class TreeSSM(nn.Module):
         fused = (not torch.is_grad_enabled() and xs.device.type == "cpu"
                  and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
         impl = "numba" if fused else "torch"
-        with autocast_disabled(xs.device):
+        with autocast_off(xs.device):
             # (B, L, D); a view when the convolution kept channels-last memory format
             xs = xs.to(compute).reshape(batch, height * width, d_inner)
             x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
@@ -187,10 +283,9 @@ class TreeSSM(nn.Module):
                                   self.dt_projs_bias[0].to(compute), xs, b_in, a, impl=impl,
                                   u_out=spare.view(xs.shape) if reuse else None)
             if tree is None:
-                guide = xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2)
-                tree = grid_tree(guide, cost=self.tree_cost, impl=self.tree_impl)
+                tree = self.build_trees(xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2))
             # u and decay are this layer's temporaries: the scan may work in their memory
-            h = tree_scan(u, decay, tree, mode="full", impl=self.scan_impl, overwrite_inputs=fused)
+            h = self.scan(u, decay, tree, overwrite_inputs=fused)
             # y = out_norm(h_norm(h) * C + D * x) * silu(z). (The original computes C·h as a
             # per-position (D x 1)(1 x 1) matmul; grootvl.flops counts it that way.)
             norms = [(n.weight.to(compute), n.bias.to(compute), n.eps)
@@ -202,4 +297,5 @@ class TreeSSM(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
-                f"dt_rank={self.dt_rank}, tree_cost={self.tree_cost!r}, scan_impl={self.scan_impl!r}")
+                f"dt_rank={self.dt_rank}, topology={self.topology!r}, root={self.root!r}, "
+                f"tree_cost={self.tree_cost!r}, scan_impl={self.scan_impl!r}")

@@ -1,4 +1,4 @@
-"""GrootV backbones (DESIGN.md §5) and their timm registration.
+"""GrootV backbones (docs/design.md, "GrootV") and their timm registration.
 
 Module and parameter names reproduce the released GrootV checkpoints exactly (e.g.
 ``patch_embed.norm1.1.weight``, ``levels.2.blocks.4.TreeSSM.A_logs``,
@@ -21,8 +21,7 @@ from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from ..checkpoint import checkpoint_filter_fn, load_pretrained_into
-from ..layers import GeluMlp, TreeSSM
-from ..ops import Tree
+from ..layers import GeluMlp, TreeSSM, Trees
 
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
 
@@ -90,8 +89,8 @@ class GrootVBlock(nn.Module):
         self.norm2 = nn.Sequential(_layer_norm(channels))
         self.mlp = GeluMlp(channels, int(channels * mlp_ratio))
 
-    def forward(self, x: Tensor, tree: Tree | None = None) -> tuple[Tensor, Tree]:
-        """(B, H, W, C) -> ((B, H, W, C), tree used); ``tree`` None builds this block's own."""
+    def forward(self, x: Tensor, tree: Trees | None = None) -> tuple[Tensor, Trees]:
+        """(B, H, W, C) -> ((B, H, W, C), tree(s) used); ``tree`` None builds this block's own."""
         y, tree = self.TreeSSM(self.norm1(x), tree)
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -142,9 +141,16 @@ class GrootV(nn.Module):
         global_pool: ``"avg"`` or ``""`` (no pooling in ``forward_head``).
         tree_sharing: ``"block"`` (every block builds its own tree; the released
             checkpoints were trained this way) or ``"stage"`` (all blocks of a stage use the
-            tree built from the first block's guide; faster, see DESIGN.md §5).
-        tree_cost: spanning-tree edge cost, ``"cosine"`` or ``"l2"``.
+            tree built from the first block's guide; faster, see docs/design.md, "GrootV").
+            Works with every topology: for ``"random"`` the blocks of a stage share the
+            stage's random tree, for ``"cross"`` its pair of chains.
+        tree_cost: spanning-tree edge cost, ``"cosine"``, ``"l2"`` or ``"l1"``.
         scan_impl, tree_impl: ``grootvl.ops`` implementations (None: fastest for the device).
+        topology: ``"tree"`` (default), ``"raster"``, ``"cross"`` or ``"random"``: the graph
+            every TreeSSM layer scans over (see ``grootvl.layers.TreeSSM`` and
+            docs/design.md, "Scan topologies").
+        root: ``"all"`` (default; every pixel sees every other), ``"first"`` or ``"last"``
+            (one root at the first / last pixel, each pixel aggregates its subtree).
     """
 
     def __init__(
@@ -162,6 +168,8 @@ class GrootV(nn.Module):
         tree_cost: str = "cosine",
         scan_impl: str | None = None,
         tree_impl: str | None = None,
+        topology: str = "tree",
+        root: str = "all",
     ) -> None:
         super().__init__()
         if tree_sharing not in TREE_SHARING:
@@ -191,7 +199,7 @@ class GrootV(nn.Module):
             self.levels.append(GrootVStage(
                 stage_chs[i], depth, rates[first:first + depth], downsample=i < num_stages - 1,
                 mlp_ratio=mlp_ratio, tree_sharing=tree_sharing, tree_cost=tree_cost,
-                scan_impl=scan_impl, tree_impl=tree_impl))
+                scan_impl=scan_impl, tree_impl=tree_impl, topology=topology, root=root))
             self.feature_info.append(dict(num_chs=stage_chs[i], reduction=4 * 2 ** i, module=f"levels.{i}"))
         self.conv_head = nn.Sequential(
             nn.Conv2d(stage_chs[-1], self.num_features, 1, bias=False),

@@ -1,11 +1,13 @@
 """Tree construction and tree scan operators (no nn.Module here).
 
 ``grid_tree`` / ``minimum_spanning_tree`` / ``bfs_tree`` build a batch of rooted spanning
-trees; ``tree_scan`` propagates a state space model over them in linear time (DESIGN.md §2).
-Every operator takes ``impl=`` to pick its implementation; the default is the fastest one for
-the tensors' device.
+trees; ``grid_chain`` and ``random_grid_tree`` build the spanning trees that ignore the
+features (docs/design.md, "Scan topologies"); ``tree_scan`` propagates a state space model
+over any of them in linear time (docs/design.md, "Tree scan semantics"). Every operator takes
+``impl=`` to pick its implementation; the default is the fastest one for the tensors' device.
 """
 from .tree import Tree, bfs_tree, grid_edges, grid_tree
+from .grid_topologies import grid_chain, random_grid_tree
 from .mst import minimum_spanning_tree
 from .tree_scan import tree_scan
 from .text_tree import text_tree
@@ -13,9 +15,11 @@ from .text_tree import text_tree
 __all__ = [
     "Tree",
     "bfs_tree",
+    "grid_chain",
     "grid_edges",
     "grid_tree",
     "minimum_spanning_tree",
+    "random_grid_tree",
     "text_tree",
     "tree_scan",
 ]

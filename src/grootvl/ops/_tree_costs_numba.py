@@ -8,20 +8,27 @@ copy (a full NCHW transpose costs several times the kernel itself).
 
 The block functions are serial; ``grid_costs`` runs them in parallel over (image, block),
 and the fused grid-tree kernel in ``_tree_numba`` runs them per image.
+
+``kind`` selects the cost: COSINE (exp of minus the cosine similarity), L2 (squared Euclidean
+distance) or L1 (Manhattan distance); for the distances the down/right sums are the costs.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
+COSINE, L2, L1 = 0, 1, 2  # cost kinds, in the order of tree.GRID_COSTS
 PIXEL_BLOCK = 2048  # pixels per block (NCHW): the three accumulators stay in L1
 ROW_BLOCK = 8  # image rows per block (NHWC)
 
 
 @nb.njit(cache=True)
-def _accumulate(x, x_down, x_right, n_down, n_right, n, cosine, acc_sq, acc_down, acc_right):
-    """Add one channel's contribution; x_down[i] / x_right[i] are the neighbours of x[i]."""
-    if cosine:
+def _accumulate(x, x_down, x_right, n_down, n_right, n, kind, acc_sq, acc_down, acc_right):
+    """Add one channel's contribution; x_down[i] / x_right[i] are the neighbours of x[i].
+
+    One loop per cost kind: a kind test inside the loop would keep LLVM from vectorising it.
+    """
+    if kind == COSINE:
         for i in range(n_down):
             a = x[i]
             acc_sq[i] += a * a
@@ -32,7 +39,7 @@ def _accumulate(x, x_down, x_right, n_down, n_right, n, cosine, acc_sq, acc_down
             acc_sq[i] += a * a
             if i < n_right:
                 acc_right[i] += a * x_right[i]
-    else:
+    elif kind == L2:
         for i in range(n_down):
             a = x[i]
             d = a - x_down[i]
@@ -42,6 +49,13 @@ def _accumulate(x, x_down, x_right, n_down, n_right, n, cosine, acc_sq, acc_down
         for i in range(n_down, n_right):
             d = x[i] - x_right[i]
             acc_right[i] += d * d
+    else:
+        for i in range(n_down):
+            a = x[i]
+            acc_down[i] += abs(a - x_down[i])
+            acc_right[i] += abs(a - x_right[i])
+        for i in range(n_down, n_right):
+            acc_right[i] += abs(x[i] - x_right[i])
 
 
 @nb.njit(cache=True)
@@ -68,7 +82,7 @@ def _accumulate4(x0, x1, x2, x3, d0, d1, d2, d3, r0, r1, r2, r3, n_down, n_right
 
 
 @nb.njit(cache=True)
-def _accumulate_channels(rows, p0, width, n_down, n_right, n, cosine, acc_sq, acc_down, acc_right):
+def _accumulate_channels(rows, p0, width, n_down, n_right, n, kind, acc_sq, acc_down, acc_right):
     """Add pixels p0.. of every channel of rows (C, pixels), in channel order, four at a time.
 
     rows must be C-contiguous: its 1-D slices are then unit-stride and the loops vectorise.
@@ -77,19 +91,19 @@ def _accumulate_channels(rows, p0, width, n_down, n_right, n, cosine, acc_sq, ac
     down = p0 + width
     right = p0 + 1
     ch = 0
-    while cosine and ch + 4 <= channels:  # (l2 is rare: it keeps the simple loop)
+    while kind == COSINE and ch + 4 <= channels:  # (l2 and l1 are rare: the simple loop)
         _accumulate4(rows[ch, p0:], rows[ch + 1, p0:], rows[ch + 2, p0:], rows[ch + 3, p0:],
                      rows[ch, down:], rows[ch + 1, down:], rows[ch + 2, down:], rows[ch + 3, down:],
                      rows[ch, right:], rows[ch + 1, right:], rows[ch + 2, right:], rows[ch + 3, right:],
                      n_down, n_right, n, acc_sq, acc_down, acc_right)
         ch += 4
     for ch in range(ch, channels):
-        _accumulate(rows[ch, p0:], rows[ch, down:], rows[ch, right:], n_down, n_right, n, cosine,
+        _accumulate(rows[ch, p0:], rows[ch, down:], rows[ch, right:], n_down, n_right, n, kind,
                     acc_sq, acc_down, acc_right)
 
 
 @nb.njit(cache=True)
-def block_sums_nchw(image, block, cosine, sq, down, right):
+def block_sums_nchw(image, block, kind, sq, down, right):
     """Sums of pixels [block * PIXEL_BLOCK, ...) of one (C, H, W) image into sq/down/right (H*W,)."""
     channels, height, width = image.shape
     hw = height * width
@@ -102,14 +116,14 @@ def block_sums_nchw(image, block, cosine, sq, down, right):
     acc_sq = np.zeros(p1 - p0, np.float32)
     acc_down = np.zeros(p1 - p0, np.float32)
     acc_right = np.zeros(p1 - p0, np.float32)
-    _accumulate_channels(flat, p0, width, n_down, n_right, p1 - p0, cosine, acc_sq, acc_down, acc_right)
+    _accumulate_channels(flat, p0, width, n_down, n_right, p1 - p0, kind, acc_sq, acc_down, acc_right)
     sq[p0:p1] = acc_sq
     down[p0:p1] = acc_down
     right[p0:p1] = acc_right
 
 
 @nb.njit(cache=True)
-def block_sums_nhwc(image, block, cosine, sq, down, right):
+def block_sums_nhwc(image, block, kind, sq, down, right):
     """Sums of rows [block * ROW_BLOCK, ...) of one (H, W, C) image into sq/down/right (H*W,).
 
     The rows (plus the row below) are first transposed into a small (C, pixels) tile that
@@ -132,7 +146,7 @@ def block_sums_nhwc(image, block, cosine, sq, down, right):
     acc_sq = np.zeros(n_pix, np.float32)
     acc_down = np.zeros(n_pix, np.float32)
     acc_right = np.zeros(n_pix, np.float32)
-    _accumulate_channels(tile, 0, width, n_down, n_right, n_pix, cosine, acc_sq, acc_down, acc_right)
+    _accumulate_channels(tile, 0, width, n_down, n_right, n_pix, kind, acc_sq, acc_down, acc_right)
     sq[p0:p0 + n_pix] = acc_sq
     down[p0:p0 + n_pix] = acc_down
     right[p0:p0 + n_pix] = acc_right
@@ -146,15 +160,16 @@ def num_blocks(height, width, channels_last):
 
 
 @nb.njit(cache=True)
-def row_costs(sq, down, right, r, width, cosine, costs):
+def row_costs(sq, down, right, r, width, kind, costs):
     """Costs of the edges leaving row r downwards and rightwards, in grid_edges order.
 
-    cosine: exp(-<u, v> / (max(|u|, eps) * max(|v|, eps))), eps = 1e-8 as in
-    torch.cosine_similarity; otherwise the squared distance as accumulated.
+    COSINE: exp(-<u, v> / (max(|u|, eps) * max(|v|, eps))), eps = 1e-8 as in
+    torch.cosine_similarity; L2 / L1: the (squared / Manhattan) distance as accumulated.
     """
     height = sq.shape[0] // width
     num_vertical = (height - 1) * width
     eps = np.float32(1e-8)
+    cosine = kind == COSINE
     for c in range(width):
         p = r * width + c
         norm = max(np.sqrt(sq[p]), eps)
@@ -174,7 +189,7 @@ def row_costs(sq, down, right, r, width, cosine, costs):
 
 
 @nb.njit(cache=True)
-def image_costs(image, channels_last, cosine, costs):
+def image_costs(image, channels_last, kind, costs):
     """Costs (E,) of one image, (C, H, W) or, if channels_last, (H, W, C); serial."""
     if channels_last:
         height, width = image.shape[0], image.shape[1]
@@ -185,15 +200,15 @@ def image_costs(image, channels_last, cosine, costs):
     right = np.empty(height * width, np.float32)
     for block in range(num_blocks(height, width, channels_last)):
         if channels_last:
-            block_sums_nhwc(image, block, cosine, sq, down, right)
+            block_sums_nhwc(image, block, kind, sq, down, right)
         else:
-            block_sums_nchw(image, block, cosine, sq, down, right)
+            block_sums_nchw(image, block, kind, sq, down, right)
     for r in range(height):
-        row_costs(sq, down, right, r, width, cosine, costs)
+        row_costs(sq, down, right, r, width, kind, costs)
 
 
 @nb.njit(cache=True, parallel=True)
-def grid_costs(guide, channels_last, cosine, costs):
+def grid_costs(guide, channels_last, kind, costs):
     """Costs (B, E) float32 of a batch, in parallel over (image, block) then (image, row).
 
     guide: float32, C-contiguous, (B, C, H, W) or, if channels_last, (B, H, W, C).
@@ -210,9 +225,9 @@ def grid_costs(guide, channels_last, cosine, costs):
     for job in nb.prange(batch * blocks):
         b = job // blocks
         if channels_last:
-            block_sums_nhwc(guide[b], job - b * blocks, cosine, sq[b], down[b], right[b])
+            block_sums_nhwc(guide[b], job - b * blocks, kind, sq[b], down[b], right[b])
         else:
-            block_sums_nchw(guide[b], job - b * blocks, cosine, sq[b], down[b], right[b])
+            block_sums_nchw(guide[b], job - b * blocks, kind, sq[b], down[b], right[b])
     for job in nb.prange(batch * height):
         b = job // height
-        row_costs(sq[b], down[b], right[b], job - b * height, width, cosine, costs[b])
+        row_costs(sq[b], down[b], right[b], job - b * height, width, kind, costs[b])

@@ -198,20 +198,21 @@ def bfs_batch(tree_edges, root, order, parent, level_ends, num_levels, reached):
 
 
 @nb.njit(cache=True, parallel=True)
-def grid_tree_batch(guide, channels_last, cosine, edges, order, parent, level_ends, num_levels, status):
-    """Edge costs, MST and BFS from vertex 0 for every image, one image per thread.
+def grid_tree_batch(guide, channels_last, kind, root, edges, order, parent, level_ends, num_levels,
+                    status):
+    """Edge costs, MST and BFS from vertex ``root`` for every image, one image per thread.
 
     One parallel region and no round trip through memory between the stages: for batches at
     least as large as the thread count this beats running the stages one after another.
-    guide as in ``_tree_costs_numba.grid_costs``; status[b]: vertices reached (V when all is
-    well) or -1 if a cost is NaN.
+    guide and kind as in ``_tree_costs_numba.grid_costs``; status[b]: vertices reached (V when
+    all is well) or -1 if a cost is NaN.
     """
     num_vertices = order.shape[1]
     for b in nb.prange(guide.shape[0]):
         costs = np.empty(edges.shape[0], np.float32)
-        image_costs(guide[b], channels_last, cosine, costs)
+        image_costs(guide[b], channels_last, kind, costs)
         tree_edges = np.empty((num_vertices - 1, 2), np.int64)
         if mst_row_f32(edges, costs, num_vertices, tree_edges) < 0:
             status[b] = -1
             continue
-        num_levels[b], status[b] = bfs_row(tree_edges, 0, order[b], parent[b], level_ends[b])
+        num_levels[b], status[b] = bfs_row(tree_edges, root, order[b], parent[b], level_ends[b])

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._autocast import autocast_dtype, autocast_disabled
+from .tree import autocast_dtype, autocast_off
 
 __all__ = ["gelu_linear"]
 
 
 @torch.library.custom_op("grootvl::gelu_linear", mutates_args=())
 def _gelu_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    with autocast_disabled(x.device):  # the wrapper cast the inputs already
+    with autocast_off(x.device):  # the wrapper cast the inputs already
         return F.linear(F.gelu(x), weight, bias)
 
 

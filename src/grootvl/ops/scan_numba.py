@@ -1,4 +1,6 @@
-"""Tree scan on the CPU with numba (DESIGN.md §2).
+"""Tree scan on the CPU with numba.
+
+The passes are those of docs/design.md, "Forward and backward passes".
 
 Parallel over jobs = (batch row, block of channels). A job walks its tree vertex by vertex in
 (reverse) breadth-first order; per vertex it updates a contiguous block of channels of the

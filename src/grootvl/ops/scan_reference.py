@@ -1,4 +1,4 @@
-"""Dense O(L^2) tree scan: the test oracle (DESIGN.md §2).
+"""Dense O(L^2) tree scan: the test oracle (docs/design.md, "Tree scan semantics").
 
 Builds the path-weight matrix S explicitly, per batch element and channel, and multiplies.
 S(i, j) = exp(logP[i] + logP[j] - 2 logP[lca(i, j)]) where logP[v] is the sum of log-decays

@@ -1,4 +1,6 @@
-"""Tree scan with plain tensor ops, on any device (DESIGN.md §2).
+"""Tree scan with plain tensor ops, on any device.
+
+The passes are those of docs/design.md, "Forward and backward passes".
 
 Works in breadth-first position space: row i of a permuted tensor is vertex order[b, i], so a
 BFS level is a contiguous range of rows. Each pass loops over levels (not vertices) and moves
@@ -84,7 +86,7 @@ def _down_pass(levels: _Levels, up: Tensor, lam: Tensor) -> Tensor:
 
 def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor,
                  mode: str) -> tuple[Tensor, Tensor]:
-    """(y, up) with y the scan of DESIGN.md §2 and up its up pass (the subtree scan)."""
+    """(y, up): y the scan (docs/design.md, "Tree scan semantics"), up its up pass (subtree scan)."""
     levels = _Levels(order, parent, level_offsets)
     lam = levels.permute_in(decay)
     up = _up_pass(levels, levels.permute_in(x), lam)
@@ -97,7 +99,8 @@ def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_
 def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
                   level_offsets: Tensor, up: Tensor, y: Tensor, mode: str
                   ) -> tuple[Tensor, Tensor]:
-    """(grad_x, grad_decay) by the closed forms of DESIGN.md §2; grad_decay is 0 at the root."""
+    """(grad_x, grad_decay) by the closed forms (docs/design.md, "Forward and backward
+    passes"); grad_decay is 0 at the root."""
     levels = _Levels(order, parent, level_offsets)
     lam = levels.permute_in(decay)
     up_b = levels.permute_in(up)

@@ -1,4 +1,6 @@
-"""Tree scan on the GPU with Triton kernels (DESIGN.md §2).
+"""Tree scan on the GPU with Triton kernels.
+
+The passes are those of docs/design.md, "Forward and backward passes".
 
 Layout: x, decay and every buffer are channels-last ``(B, L, C)``; a vertex's channels are
 contiguous, so a tile of ``BLOCK_V`` vertices x ``BLOCK_C`` channels reads whole cache-line
@@ -337,7 +339,7 @@ def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
                   level_offsets: Tensor, up: Tensor, y: Tensor, mode: str, *,
                   block_v: int | None = None, block_c: int | None = None,
                   num_warps: int | None = None) -> tuple[Tensor, Tensor]:
-    """(grad_x, grad_decay) of the scan (DESIGN.md §2); grad_decay is zero at the root.
+    """(grad_x, grad_decay) of the scan; grad_decay is zero at the root.
 
     ``up`` and ``y`` are the forward outputs (``y`` is unused for 'subtree'). Gradients are
     float32 (float64 for float64 input).

@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._autocast import autocast_disabled, autocast_dtype
 from .ssm_elementwise import silu_project_discretize, ssm_output
 from .ssm_elementwise_backward import discretize_backward, output_backward, silu_input_backward
-from .tree import Tree
+from .tree import Tree, autocast_dtype, autocast_off
 from .tree_scan import MODES, _backend, default_impl
 
 __all__ = ["selective_tree_scan"]
@@ -93,7 +92,7 @@ def _forward_op(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor, dt_weight: T
         x_proj_weight, dt_weight, dt_bias, a_log, skip, h_norm_weight, h_norm_bias,
         out_norm_weight, out_norm_bias))
     R = wdt.shape[1]
-    with torch.no_grad(), autocast_disabled(conv_out.device):
+    with torch.no_grad(), autocast_off(conv_out.device):
         xs, x_dbl, u, decay = silu_project_discretize(conv_out.to(compute), wx, wdt, bdt,
                                                       -torch.exp(a_log), impl=impl)
         trees = list(zip(orders, parents, level_offsets))
@@ -130,7 +129,7 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, y
     wx, wdt, bdt, a_log_c, skip_c, hw, hb, ow, ob = (t.to(compute) for t in params)
     D, R = wdt.shape
     trees = list(zip(orders, parents, level_offsets))
-    with torch.no_grad(), autocast_disabled(conv_out.device):
+    with torch.no_grad(), autocast_off(conv_out.device):
         pre = conv_out.to(compute)
         a = -torch.exp(a_log_c)
         xs, _, u, decay = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=x_dbl, impl=impl)

@@ -1,4 +1,5 @@
-"""The element-wise stages of a Tree SSM layer around the tree scan (DESIGN.md §4).
+"""The element-wise stages of a Tree SSM layer around the tree scan
+(docs/design.md, "The TreeSSM layer").
 
     discretize:  Δ = softplus(W_Δ dt + b_Δ),  u = Δ · B · x,  decay = exp(Δ · A)
     ssm_output:  out = LayerNorm_out(LayerNorm_h(h) · C + D · x) · silu(z)

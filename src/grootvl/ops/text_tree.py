@@ -1,8 +1,8 @@
 """The GrootL text tree: a minimum spanning tree over tokens, rooted at the last token.
 
-DESIGN.md §3 (text). Candidate edges are (t, t+1) for every t and, inside the context
-(prompt), also (t, t+2) and (t, t+3). The cost is -cosine similarity of the per-token
-features, so similar nearby tokens get linked. Beyond the context only chain edges exist and
+See docs/design.md, "Building trees" (text). Candidate edges are (t, t+1) for every t and,
+inside the context (prompt), also (t, t+2) and (t, t+3). The cost is -cosine similarity of
+the per-token features, so similar nearby tokens get linked. Beyond the context only chain edges exist and
 each of them is a bridge, so the tree there is the chain itself; with the root at the last
 token, the subtree scan over this tree is causal for every token after the context.
 """

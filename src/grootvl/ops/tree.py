@@ -1,9 +1,11 @@
 """Rooted spanning trees for the tree scan: the ``Tree`` container, grid graphs and BFS.
 
 ``grid_tree`` is what a GrootV layer calls: edge costs from the guide features on the
-4-neighbour grid (DESIGN.md §3), their minimum spanning tree, and a breadth-first order from
-vertex 0. On CPU with at least as many images as numba threads, the three stages run fused
-in one numba kernel, one image per thread; otherwise stage by stage, each in parallel.
+4-neighbour grid (docs/design.md, "Building trees"), their minimum spanning tree, and a
+breadth-first order from the root (vertex 0 by default). On CPU with at least as many images
+as numba threads, the three stages run fused in one numba kernel, one image per thread;
+otherwise stage by stage, each in parallel. The trees that ignore the features (chains,
+random spanning trees) are in ``grid_topologies.py``.
 
 Tree construction is registered as custom ops (``grootvl::grid_tree``, ``grootvl::bfs_tree``
 and, in ``mst.py``, ``grootvl::minimum_spanning_tree``) so ``torch.compile`` keeps each as one
@@ -13,6 +15,7 @@ graphs stay valid for any depth.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -22,7 +25,7 @@ from torch import Tensor
 from . import _tree_torch
 from .mst import check_impl, check_vertex_range, mst_impl
 
-GRID_COSTS = ("cosine", "l2")
+GRID_COSTS = ("cosine", "l2", "l1")  # index = the cost kind of the numba kernels
 
 
 @dataclass(frozen=True)
@@ -68,23 +71,49 @@ class Tree:
 
 
 def check_tree_matches(tree: Tree, x: Tensor, name: str = "x") -> None:
-    """Validate that ``x`` has shape (B, L, ...) on the tree's device; metadata only (no sync)."""
+    """Validate that ``x`` has shape (B, L, ...) on the tree's device and that the tree's
+    tensors are int64 of consistent shapes; metadata only (no host sync), so whether they
+    form trees is not checked (``bfs_tree`` checks that when it builds them)."""
     if not isinstance(tree, Tree):
-        raise TypeError(f"tree must be a grootvl.ops.Tree (from grid_tree or bfs_tree), got {type(tree).__name__}")
+        raise TypeError(f"tree must be a grootvl.ops.Tree (from grid_tree, grid_chain or bfs_tree), "
+                        f"got {type(tree).__name__}")
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a tensor of shape (B, L, C), got {type(x).__name__}")
-    for field in ("order", "parent", "level_offsets"):
-        t = getattr(tree, field)
-        if t.dtype != torch.long or t.dim() != 2:
-            raise ValueError(f"tree.{field} must be a 2-D LongTensor, got {t.dtype} of shape {tuple(t.shape)}")
+    fields = {"order": tree.order, "parent": tree.parent, "level_offsets": tree.level_offsets}
+    for field, t in fields.items():
+        if not isinstance(t, Tensor) or t.dtype != torch.long:
+            raise TypeError(f"tree.{field} must be an int64 (torch.long) tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+        if t.dim() != 2:
+            raise ValueError(f"tree.{field} must be 2-D, got shape {tuple(t.shape)}")
+    if tree.parent.shape != tree.order.shape or tree.level_offsets.shape[0] != tree.batch_size:
+        raise ValueError(
+            f"tree.order {tuple(tree.order.shape)}, tree.parent {tuple(tree.parent.shape)} and "
+            f"tree.level_offsets {tuple(tree.level_offsets.shape)} must be (B, L), (B, L) and (B, D+1)")
     if x.dim() < 2 or x.shape[0] != tree.batch_size or x.shape[1] != tree.num_vertices:
         raise ValueError(
             f"{name} has shape {tuple(x.shape)} but the tree has batch size {tree.batch_size} and "
             f"{tree.num_vertices} vertices; {name} must be (B, L, ...) = "
             f"({tree.batch_size}, {tree.num_vertices}, ...) (channels last)"
         )
-    if x.device != tree.device:
-        raise ValueError(f"{name} is on {x.device} but the tree is on {tree.device}; use tree.to({name}.device)")
+    for field, t in fields.items():
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {x.device} but the tree is on {t.device} "
+                             f"(tree.{field}); use tree.to({name}.device)")
+
+
+def autocast_off(device: torch.device):
+    """A context that disables autocast on ``device``'s type (a no-op for other devices)."""
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast gives matrix products on ``device`` now; None when it is off."""
+    if device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
 
 
 def grid_edges(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
@@ -189,8 +218,7 @@ def bfs_tree(tree_edges: Tensor, num_vertices: int, root: int = 0, impl: str | N
             f"tree_edges must have shape (B, V-1, 2) = (B, {num_vertices - 1}, 2) for num_vertices={num_vertices}, "
             f"got {tuple(tree_edges.shape)}"
         )
-    if not isinstance(root, int) or isinstance(root, bool) or not 0 <= root < num_vertices:
-        raise ValueError(f"root must be an int vertex id in [0, {num_vertices - 1}], got {root!r}")
+    check_root(root, num_vertices)
     impl = check_impl(impl, tree_edges.device)
     order, parent, level_offsets = _bfs_op(tree_edges.long(), num_vertices, root, impl)
     return Tree(order, parent, level_offsets)
@@ -217,8 +245,8 @@ def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None
     """Float32 costs (B, E) of the ``grid_edges(H, W)`` of a guide (B, C, H, W).
 
     ``"cosine"``: exp(-cosine similarity) of neighbouring feature vectors; ``"l2"``: squared
-    Euclidean distance. The guide is cast to float32 first (a bf16 guide under autocast gives
-    the tree of its float32 values).
+    Euclidean distance; ``"l1"``: Manhattan distance (sum of absolute differences). The guide
+    is cast to float32 first (a bf16 guide under autocast gives the tree of its float32 values).
 
     ``impl="torch"`` evaluates the cosine cost exactly as the original GrootV (vertical, then
     horizontal neighbour slices reshaped to (B, C, -1), ``torch.cosine_similarity`` along dim
@@ -236,7 +264,7 @@ def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None
         costs = torch.empty(batch, (height - 1) * width + height * (width - 1))
         if costs.numel():
             # The kernel reads channels-last guides in place (same arithmetic, no copy).
-            _tree_costs_numba.grid_costs(*_guide_array(guide), cost == "cosine", costs.numpy())
+            _tree_costs_numba.grid_costs(*_guide_array(guide), GRID_COSTS.index(cost), costs.numpy())
         return costs
     # contiguous: channels-last guides reduce in the same order as the original's NCHW ones.
     guide = guide.contiguous()
@@ -247,27 +275,37 @@ def grid_edge_costs(guide: Tensor, cost: str = "cosine", impl: str | None = None
     if cost == "cosine":
         vertical = torch.exp(-torch.cosine_similarity(upper, lower, dim=1))
         horizontal = torch.exp(-torch.cosine_similarity(left, right, dim=1))
-    else:
+    elif cost == "l2":
         vertical = (upper - lower).square().sum(dim=1)
         horizontal = (left - right).square().sum(dim=1)
+    else:
+        vertical = (upper - lower).abs().sum(dim=1)
+        horizontal = (left - right).abs().sum(dim=1)
     return torch.cat([vertical, horizontal], dim=1)
 
 
-@torch.library.custom_op("grootvl::grid_tree", mutates_args=())
-def _grid_tree_op(guide: Tensor, cost: str, impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    batch, _, height, width = guide.shape
+def grid_mst_impl(costs: Tensor, height: int, width: int, root: int, impl: str
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """(order, parent, level_offsets) of the MST of ``grid_edges(height, width)`` under
+    ``costs`` (B, E), rooted at ``root``; arguments trusted (the stages of the custom ops)."""
     num_vertices = height * width
-    if impl == "numba" and batch >= _numba_threads():
-        return _grid_tree_fused(guide, cost)
-    with _autocast_off(guide.device):
-        costs = grid_edge_costs(guide, cost, impl=impl)
-    edges = grid_edges(height, width, device=guide.device)
+    edges = grid_edges(height, width, device=costs.device)
     tree_edges = mst_impl(edges, costs, num_vertices, impl, check_edges=False)
-    return _bfs_impl(tree_edges, num_vertices, 0, impl, check_tree=False)
+    return _bfs_impl(tree_edges, num_vertices, root, impl, check_tree=False)
+
+
+@torch.library.custom_op("grootvl::grid_tree", mutates_args=())
+def _grid_tree_op(guide: Tensor, cost: str, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    batch, _, height, width = guide.shape
+    if impl == "numba" and batch >= _numba_threads():
+        return _grid_tree_fused(guide, cost, root)
+    with autocast_off(guide.device):
+        costs = grid_edge_costs(guide, cost, impl=impl)
+    return grid_mst_impl(costs, height, width, root, impl)
 
 
 @_grid_tree_op.register_fake
-def _(guide: Tensor, cost: str, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+def _(guide: Tensor, cost: str, root: int, impl: str) -> tuple[Tensor, Tensor, Tensor]:
     return _fake_tree(guide, guide.shape[0], guide.shape[2] * guide.shape[3])
 
 
@@ -277,7 +315,7 @@ def _numba_threads() -> int:
     return numba.get_num_threads()
 
 
-def _grid_tree_fused(guide: Tensor, cost: str) -> tuple[Tensor, Tensor, Tensor]:
+def _grid_tree_fused(guide: Tensor, cost: str, root: int) -> tuple[Tensor, Tensor, Tensor]:
     """Costs, MST and BFS in one numba kernel, one image per thread (CPU, float32 costs)."""
     from . import _tree_numba
 
@@ -285,8 +323,9 @@ def _grid_tree_fused(guide: Tensor, cost: str) -> tuple[Tensor, Tensor, Tensor]:
     num_vertices = height * width
     order, parent, level_ends, num_levels, status = _bfs_outputs(batch, num_vertices)
     data, channels_last = _guide_array(guide)
-    _tree_numba.grid_tree_batch(data, channels_last, cost == "cosine", _grid_edges_array(height, width), order.numpy(),
-                                parent.numpy(), level_ends.numpy(), num_levels.numpy(), status.numpy())
+    _tree_numba.grid_tree_batch(data, channels_last, GRID_COSTS.index(cost), root,
+                                _grid_edges_array(height, width), order.numpy(), parent.numpy(),
+                                level_ends.numpy(), num_levels.numpy(), status.numpy())
     if bool((status < 0).any()):
         row = int(torch.nonzero(status < 0)[0, 0])
         raise ValueError(f"the edge costs of guide[{row}] contain NaN (the guide has NaN or inf values)")
@@ -309,21 +348,30 @@ def _guide_array(guide: Tensor):
     return data.numpy(), channels_last
 
 
-def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None) -> Tree:
-    """Minimum spanning tree of the 4-neighbour grid of ``guide``, rooted at vertex 0.
+def grid_tree(guide: Tensor, cost: str = "cosine", impl: str | None = None, root: int = 0) -> Tree:
+    """Minimum spanning tree of the 4-neighbour grid of ``guide``, rooted at ``root``.
 
     Args:
         guide: (B, C, H, W) features (any float dtype, any memory format); the edge cost of
             neighbours u, v is computed from ``guide[:, :, u]`` and ``guide[:, :, v]`` in float32.
-        cost: ``"cosine"`` (default, as GrootV) or ``"l2"``; see ``grid_edge_costs``.
+        cost: ``"cosine"`` (default, as GrootV), ``"l2"`` or ``"l1"``; see ``grid_edge_costs``.
         impl: tree construction implementation, ``"numba"`` (CPU), ``"torch"`` or None.
+        root: root vertex id in [0, H*W); GrootV uses 0 (the top-left pixel), a scan rooted
+            at the last pixel uses H*W - 1. The tree is the same, only its orientation changes.
 
     Returns:
         A ``Tree`` on L = H*W vertices (vertex id = row * W + col). No gradient.
     """
     _check_guide(guide, cost)
+    check_root(root, guide.shape[2] * guide.shape[3])
     impl = check_impl(impl, guide.device)
-    return Tree(*_grid_tree_op(guide.detach(), cost, impl))
+    return Tree(*_grid_tree_op(guide.detach(), cost, root, impl))
+
+
+def check_root(root: int, num_vertices: int) -> None:
+    """Raise unless ``root`` is an int vertex id in [0, num_vertices)."""
+    if not isinstance(root, int) or isinstance(root, bool) or not 0 <= root < max(num_vertices, 1):
+        raise ValueError(f"root must be an int vertex id in [0, {max(num_vertices, 1) - 1}], got {root!r}")
 
 
 def _check_guide(guide: Tensor, cost: str) -> None:
@@ -338,11 +386,3 @@ def _check_guide(guide: Tensor, cost: str) -> None:
         raise TypeError(f"guide must be a floating-point tensor, got {guide.dtype}; use guide.float()")
     if cost not in GRID_COSTS:
         raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")
-
-
-def _autocast_off(device: torch.device):
-    if device.type in ("cpu", "cuda", "xpu", "mps"):
-        return torch.autocast(device.type, enabled=False)
-    from contextlib import nullcontext
-
-    return nullcontext()

@@ -1,4 +1,7 @@
-"""``tree_scan``: the public tree scan operator (DESIGN.md §2) and its custom ops.
+"""``tree_scan``: the public tree scan operator and its custom ops.
+
+The operator's semantics are in docs/design.md, "Tree scan semantics"; the passes of each
+implementation in "Forward and backward passes".
 
 Two ``torch.library`` custom ops carry the work so the scan is opaque to ``torch.compile``
 and differentiable through a closed-form backward rather than autograd through a loop:
@@ -22,7 +25,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .tree import Tree
+from .tree import Tree, check_tree_matches
 
 __all__ = ["tree_scan", "available_impls", "default_impl"]
 
@@ -164,19 +167,12 @@ def _(x, decay, order, parent, level_offsets, mode, impl):
 
 # --------------------------------------------------------------------------- public API
 
-def _check_index(name: str, t: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
-    if t.dtype != torch.long:
-        raise TypeError(f"tree.{name} must be int64 (torch.long), got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"tree.{name} is on {t.device} but x is on {device}; "
-                         "move the tree with tree.to(x.device)")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"tree.{name} has shape {tuple(t.shape)}, expected {shape}")
-
-
 def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
               impl: str | None = None, overwrite_inputs: bool = False) -> Tensor:
-    """Propagate ``x`` over ``tree`` with per-edge ``decay`` (DESIGN.md §2), in O(L) per channel.
+    """Propagate ``x`` over ``tree`` with per-edge ``decay``, in O(L) per channel.
+
+    y[i] = sum over j of S(i, j) x[j] (docs/design.md, "Tree scan semantics"), S(i, j) the
+    product of the decays of the child ends of the edges on the tree path i..j.
 
     Args:
         x: (B, L, C) inputs, channels-last, floating point.
@@ -212,19 +208,7 @@ def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
                          "put them on the same device")
     if mode not in MODES:
         raise ValueError(f"tree_scan: mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(tree, Tree):
-        raise TypeError("tree_scan: tree must be a grootvl.ops.Tree (from grid_tree or "
-                        f"bfs_tree), got {type(tree).__name__}")
-    B, L, _ = x.shape
-    if tree.order.dim() != 2 or tree.order.shape[0] != B:
-        raise ValueError(f"tree_scan: the tree has batch size {tree.order.shape[0]} but x has "
-                         f"batch size {B}")
-    if tree.order.shape[1] != L:
-        raise ValueError(f"tree_scan: the tree has {tree.order.shape[1]} vertices but x has "
-                         f"L = {L}; x must be (B, num_vertices, C)")
-    _check_index("order", tree.order, (B, L), x.device)
-    _check_index("parent", tree.parent, (B, L), x.device)
-    _check_index("level_offsets", tree.level_offsets, (B, tree.level_offsets.shape[-1]), x.device)
+    check_tree_matches(tree, x, "x")  # types, shapes and devices of the tree's tensors
     if impl is None:
         impl = default_impl(x.device)
     if impl not in _BACKENDS:
