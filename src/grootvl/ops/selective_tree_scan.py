@@ -50,8 +50,10 @@ def _scans(u: Tensor, decay: Tensor, trees: list[tuple[Tensor, Tensor, Tensor]],
     """(T, B, L, D) scan outputs, one per tree. With one tree and a backend that can work in
     its inputs' memory, u and decay are consumed (no allocation)."""
     backend = _backend(scan_impl)
-    if len(trees) == 1 and hasattr(backend, "scan_forward_inplace"):
-        return backend.scan_forward_inplace(u, decay, *trees[0], mode).unsqueeze(0)
+    if len(trees) == 1:
+        if hasattr(backend, "scan_forward_inplace"):
+            return backend.scan_forward_inplace(u, decay, *trees[0], mode).unsqueeze(0)
+        return backend.scan_forward(u, decay, *trees[0], mode)[0].unsqueeze(0)
     ys = u.new_empty((len(trees), *u.shape))
     for t, tree in enumerate(trees):
         ys[t] = backend.scan_forward(u, decay, *tree, mode)[0]
