@@ -114,8 +114,8 @@ def test_elementwise_stages_agree_between_numba_and_torch():
     results = {}
     for impl in ("numba", "torch"):
         gxd = torch.zeros(N, R + 2)
-        outs = output_backward(g_out, h, x_dbl, x, z, skip, (w1, b1, 1e-5), (w2, b2, 1e-6), gxd,
-                               impl=impl)
+        outs = output_backward(g_out.clone(), h, x_dbl, x, z, skip, (w1, b1, 1e-5),
+                               (w2, b2, 1e-6), gxd, impl=impl)  # numba: out in g_out's memory
         gx = outs[2].clone()
         d_outs = discretize_backward(grad_u, grad_decay, decay, x_dbl, wdt, bdt, x, a, gx, gxd,
                                      impl=impl)

@@ -42,8 +42,9 @@ aten = torch.ops.aten
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
-                         out, grad_h, grad_x, grad_z, acc, hhat, yhat, tmp):
-    """One row; returns grad_c. acc rows += grads of w1, b1, w2, b2, skip."""
+                         out, grad_h, grad_x, grad_z, acc, hhat, yhat, tmp, out_row):
+    """One row; returns grad_c. acc rows += grads of w1, b1, w2, b2, skip. ``out`` may be
+    ``g``'s memory: it is staged in ``out_row`` and written once g is read."""
     real = h.dtype.type
     one = real(1)
     inv_n = one / real(h.shape[0])
@@ -63,7 +64,7 @@ def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
         gate = zk * sig
         n2 = yh * w2[k] + b2[k]
         gk = g[k]
-        out[k] = n2 * gate
+        out_row[k] = n2 * gate
         grad_z[k] = gk * n2 * (sig * (one + zk * (one - sig)))
         g_n2 = gk * gate
         acc[2, k] += g_n2 * yh
@@ -94,6 +95,7 @@ def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
     t2 *= inv_n
     for k in range(h.shape[0]):
         grad_h[k] = r1 * (tmp[k] - t1 - hhat[k] * t2)
+        out[k] = out_row[k]
     return grad_c
 
 
@@ -104,10 +106,11 @@ def _output_backward_chunk(g, h, x_dbl, col_c, x, z, skip, w1, b1, eps1, w2, b2,
     hhat = np.empty(n, h.dtype)
     yhat = np.empty(n, h.dtype)
     tmp = np.empty(n, h.dtype)
+    out_row = np.empty(n, h.dtype)
     for i in range(r0, r1):
         grad_x_dbl[i, col_c] = _output_backward_row(
             g[i], h[i], x_dbl[i, col_c], x[i], z[i], skip, w1, b1, eps1, w2, b2, eps2,
-            out[i], grad_h[i], grad_x[i], grad_z[i], acc, hhat, yhat, tmp)
+            out[i], grad_h[i], grad_x[i], grad_z[i], acc, hhat, yhat, tmp, out_row)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -243,6 +246,8 @@ def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, x: Tensor, z: Te
         x_dbl: (..., R + 2) x_proj output whose last column is c. skip: (D,).
         h_norm, out_norm: (weight, bias, eps) of the two LayerNorms.
         grad_x_dbl: (..., R + 2) buffer; its last column receives grad_c.
+        impl: ``"torch"`` (any device) or ``"numba"`` (CPU; writes ``out`` into grad_out's
+            memory, which must be a contiguous tensor of the compute dtype).
 
     Returns:
         (out, grad_h, grad_x, grad_z, grad_skip, grad_h_norm_weight, grad_h_norm_bias,
@@ -265,7 +270,11 @@ def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, x: Tensor, z: Te
             g_y * c, h, [D], m1, r1, h_norm[0], h_norm[1], [True, True, True])
         return n2 * gate, g_h, g_y * skip, grad_z, grad_skip, g_w1, g_b1, g_w2, g_b2
     shape = h.shape
-    out, grad_h, grad_x, grad_z = (torch.empty(shape, dtype=h.dtype) for _ in range(4))
+    grad_h, grad_x, grad_z = (torch.empty(shape, dtype=h.dtype) for _ in range(3))
+    if not grad_out.is_contiguous() or grad_out.dtype != h.dtype:
+        raise ValueError("output_backward impl='numba' writes out into grad_out: it must be a "
+                         f"contiguous {h.dtype} tensor")
+    out = grad_out
     acc = np.zeros((_chunks(h.numel() // D), 5, D), _NP_DTYPE[h.dtype])
     gxd = grad_x_dbl.view(-1, x_dbl.shape[-1]).numpy()
     _output_backward_rows(
