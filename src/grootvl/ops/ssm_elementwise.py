@@ -47,14 +47,20 @@ _ROWS_PER_CHUNK = 64
 
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
-def _discretize_row(dt, weight_t, bias, x, b, a, u, decay, delta):
-    # the Δ projection, a rank-R update per row: channels innermost, so it vectorises
+def _dt_projection_row(dt, weight_t, bias, delta):
+    """delta = dt @ weight_t + bias, Δ before its softplus."""
+    # a rank-R update per row: channels innermost, so it vectorises
     for k in range(delta.shape[0]):
         delta[k] = bias[k]
     for r in range(dt.shape[0]):
         w, d = weight_t[r], dt[r]
         for k in range(delta.shape[0]):
             delta[k] += w[k] * d
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _discretize_row(dt, weight_t, bias, x, b, a, u, decay, delta):
+    _dt_projection_row(dt, weight_t, bias, delta)
     for k in range(delta.shape[0]):
         delta[k] = softplus(delta[k])
     for k in range(delta.shape[0]):

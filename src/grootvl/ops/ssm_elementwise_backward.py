@@ -27,7 +27,7 @@ from numba import njit, prange
 from torch import Tensor
 
 from ._vecmath_numba import exp, softplus
-from .ssm_elementwise import _FASTMATH, _ROWS_PER_CHUNK, _mean_rstd
+from .ssm_elementwise import _FASTMATH, _ROWS_PER_CHUNK, _dt_projection_row, _mean_rstd
 
 __all__ = ["output_backward", "discretize_backward", "silu_input_backward"]
 
@@ -41,21 +41,36 @@ aten = torch.ops.aten
 # the row's dtype, and rows are staged through scratch rows so that loops vectorise.
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _norm_input_grad_row(g_hat, xhat, rstd, out):
+    """LayerNorm's input gradient from the gradient of the normalised row (g_hat) and the
+    normalised row (xhat): rstd (g_hat - mean(g_hat) - xhat mean(g_hat xhat)). out may be
+    g_hat."""
+    real = xhat.dtype.type
+    inv_n = real(1) / real(xhat.shape[0])
+    s1 = real(0)
+    s2 = real(0)
+    for k in range(xhat.shape[0]):
+        s1 += g_hat[k]
+        s2 += g_hat[k] * xhat[k]
+    s1 *= inv_n
+    s2 *= inv_n
+    for k in range(xhat.shape[0]):
+        out[k] = rstd * (g_hat[k] - s1 - xhat[k] * s2)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
                          out, grad_h, grad_x, grad_z, acc, hhat, yhat, tmp, out_row):
     """One row; returns grad_c. acc rows += grads of w1, b1, w2, b2, skip. ``out`` may be
     ``g``'s memory: it is staged in ``out_row`` and written once g is read."""
     real = h.dtype.type
     one = real(1)
-    inv_n = one / real(h.shape[0])
     m1, r1 = _mean_rstd(h, eps1)
     for k in range(h.shape[0]):
         hhat[k] = (h[k] - m1) * r1
     for k in range(h.shape[0]):
         tmp[k] = (hhat[k] * w1[k] + b1[k]) * c + skip[k] * x[k]
     m2, r2 = _mean_rstd(tmp, eps2)
-    s1 = real(0)
-    s2 = real(0)
     for k in range(h.shape[0]):
         yh = (tmp[k] - m2) * r2
         yhat[k] = yh
@@ -69,17 +84,11 @@ def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
         g_n2 = gk * gate
         acc[2, k] += g_n2 * yh
         acc[3, k] += g_n2
-        g_yh = g_n2 * w2[k]
-        tmp[k] = g_yh
-        s1 += g_yh
-        s2 += g_yh * yh
-    s1 *= inv_n
-    s2 *= inv_n
+        tmp[k] = g_n2 * w2[k]
+    _norm_input_grad_row(tmp, yhat, r2, tmp)  # tmp: grad of y = LN_h(h) c + skip x
     grad_c = real(0)
-    t1 = real(0)
-    t2 = real(0)
     for k in range(h.shape[0]):
-        g_y = r2 * (tmp[k] - s1 - yhat[k] * s2)
+        g_y = tmp[k]
         hh = hhat[k]
         grad_c += g_y * (hh * w1[k] + b1[k])
         acc[4, k] += g_y * x[k]
@@ -87,15 +96,9 @@ def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
         g_n1 = g_y * c
         acc[0, k] += g_n1 * hh
         acc[1, k] += g_n1
-        g_hh = g_n1 * w1[k]
-        tmp[k] = g_hh
-        t1 += g_hh
-        t2 += g_hh * hh
-    t1 *= inv_n
-    t2 *= inv_n
-    for k in range(h.shape[0]):
-        grad_h[k] = r1 * (tmp[k] - t1 - hhat[k] * t2)
+        tmp[k] = g_n1 * w1[k]
         out[k] = out_row[k]
+    _norm_input_grad_row(tmp, hhat, r1, grad_h)
     return grad_c
 
 
@@ -130,12 +133,7 @@ def _discretize_backward_row(gu, gl, lam, dt, weight_t, bias, x, b, a, grad_x, g
     real = x.dtype.type
     one = real(1)
     threshold = real(20)  # softplus' threshold: above it softplus is the identity
-    for k in range(x.shape[0]):
-        pre[k] = bias[k]
-    for r in range(dt.shape[0]):
-        w, d = weight_t[r], dt[r]
-        for k in range(x.shape[0]):
-            pre[k] += w[k] * d
+    _dt_projection_row(dt, weight_t, bias, pre)
     grad_b = real(0)
     for k in range(x.shape[0]):
         p = pre[k]
