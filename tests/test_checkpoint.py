@@ -8,7 +8,7 @@ import timm
 import torch
 
 import grootvl
-from grootvl.checkpoint import read_state_dict
+from grootvl.models.weights import read_state_dict
 from grootvl.models import GrootV
 
 SMALL = dict(channels=16, depths=(1, 1, 2, 1))

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from grootvl.cli.main import main
-from grootvl.engine.weights import create_model
+from grootvl.models.factory import create_model
 from grootvl.ops import grid_tree
 from grootvl.visualize import capture_block, propagation_weights
 

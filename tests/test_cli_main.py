@@ -6,7 +6,7 @@ import pytest
 
 import grootvl.cli.lm as lm_commands
 from grootvl.cli.main import main
-from grootvl.engine.errors import UserError
+from grootvl.errors import UserError
 
 MERGE = ["lm-merge", "--base", "b", "--adapter", "a", "--output-dir", "o"]
 

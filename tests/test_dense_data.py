@@ -1,4 +1,5 @@
-"""grootvl.dense data: synthetic COCO/ADE generators, data sets, metrics, bad-input errors."""
+"""Dense-prediction data (grootvl.data): synthetic COCO/ADE generators, data sets, metrics
+(grootvl.tasks.metrics), bad-input errors."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from grootvl.dense import (ADESegmentation, CocoInstances, DenseInputError, SegmentationConfusion,
-                           coco_evaluate, detections_to_coco, make_ade_shapes, make_coco_shapes)
-from grootvl.dense.ade import IGNORE_INDEX
+from grootvl.data import (IGNORE_INDEX, ADESegmentation, CocoInstances, make_ade_shapes,
+                          make_coco_shapes)
+from grootvl.errors import DataError
+from grootvl.tasks.metrics import SegmentationConfusion, coco_evaluate, detections_to_coco
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def _edited_annotations(coco, tmp_path, edit):
 
 
 def test_missing_annotation_file_names_file_and_argument(coco, tmp_path):
-    with pytest.raises(DenseInputError, match=r"nope\.json not found \(--val-ann\)"):
+    with pytest.raises(DataError, match=r"nope\.json not found \(--val-ann\)"):
         CocoInstances(coco["images"], tmp_path / "nope.json", ann_argument="--val-ann")
 
 
@@ -121,7 +123,7 @@ def test_unknown_category_id_is_reported(coco, tmp_path):
         data["annotations"][0]["category_id"] = 7
 
     path = _edited_annotations(coco, tmp_path, edit)
-    with pytest.raises(DenseInputError) as info:
+    with pytest.raises(DataError) as info:
         CocoInstances(coco["images"], path)
     message = str(info.value)
     assert "instances_bad.json" in message and "category_id 7" in message
@@ -134,7 +136,7 @@ def test_wrong_size_rle_mask_is_reported(coco, tmp_path):
         ann["segmentation"]["size"] = [32, 32]
 
     path = _edited_annotations(coco, tmp_path, edit)
-    with pytest.raises(DenseInputError, match=r"RLE mask is 32x32 .* is 64x80; encode masks"):
+    with pytest.raises(DataError, match=r"RLE mask is 32x32 .* is 64x80; encode masks"):
         CocoInstances(coco["images"], path)
 
 
@@ -144,7 +146,7 @@ def test_image_size_disagreeing_with_json_is_reported(coco, tmp_path):
 
     path = _edited_annotations(coco, tmp_path, edit)
     ds = CocoInstances(coco["images"], path)
-    with pytest.raises(DenseInputError, match=r"is 64x80 .* says 50x80; fix"):
+    with pytest.raises(DataError, match=r"is 64x80 .* says 50x80; fix"):
         ds[0]
 
 
@@ -155,14 +157,14 @@ def test_ade_label_map_errors(ade, tmp_path):
     Image.fromarray(np.ones((10, 10), np.uint8)).save(labels[0])
     Image.fromarray(np.full((64, 80), 9, np.uint8)).save(labels[1])
     ds = ADESegmentation(root, "validation", num_classes=4)
-    with pytest.raises(DenseInputError, match=r"is 10x10 .* label maps must have the size"):
+    with pytest.raises(DataError, match=r"is 10x10 .* label maps must have the size"):
         ds[0]
-    with pytest.raises(DenseInputError, match=r"contains class 9 but --num-classes is 4"):
+    with pytest.raises(DataError, match=r"contains class 9 but --num-classes is 4"):
         ds[1]
     labels[0].unlink()
-    with pytest.raises(DenseInputError, match=r"have no label map"):
+    with pytest.raises(DataError, match=r"have no label map"):
         ADESegmentation(root, "validation", num_classes=4)
-    with pytest.raises(DenseInputError, match=r"images/training.* not found"):
+    with pytest.raises(DataError, match=r"images/training.* not found"):
         ADESegmentation(tmp_path, "training", num_classes=4)
 
 
@@ -172,7 +174,7 @@ def test_worker_errors_keep_the_one_line_message(ade, tmp_path):
     label = sorted((root / "annotations" / "validation").iterdir())[0]
     Image.fromarray(np.ones((10, 10), np.uint8)).save(label)
     loader = torch.utils.data.DataLoader(ADESegmentation(root, "validation", 4), num_workers=1)
-    with pytest.raises(DenseInputError) as info:
+    with pytest.raises(DataError) as info:
         next(iter(loader))
     assert str(info.value).startswith(f"label map {label} is 10x10")
     assert "Traceback" not in str(info.value)

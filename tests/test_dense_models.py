@@ -4,8 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grootvl.dense import DenseInputError, maskrcnn_grootv, param_groups_lrd, upernet_grootv
-from grootvl.dense.lr_decay import backbone_layer_ratios
+from timm.optim import create_optimizer_v2
+
+from grootvl.errors import UserError
+from grootvl.models import GrootV
+from grootvl.models.dense import maskrcnn_grootv, upernet_grootv
 
 # A reduced GrootV (same architecture, fewer/narrower blocks) keeps the CPU tests fast; the
 # full GrootV-T is run once, in test_maskrcnn_grootv_tiny_512.
@@ -97,11 +100,19 @@ def test_pretrained_backbone_is_loaded_and_head_ignored(tmp_path):
         assert len(state) > 50
         for key, value in state.items():
             torch.testing.assert_close(value, expected[key.removeprefix("model.")])
-    with pytest.raises(DenseInputError, match="does not fit backbone grootv_tiny"):
+    with pytest.raises(UserError, match="does not fit backbone grootv_tiny"):
         maskrcnn_grootv("tiny", num_classes=3, pretrained_backbone=path,
                         backbone_kwargs={"depths": [1, 1, 1, 1], "channels": 32})
-    with pytest.raises(DenseInputError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         upernet_grootv("tiny", num_classes=4, pretrained_backbone=tmp_path / "missing.pth")
+
+
+def _groups_by_name(model, layer_decay, weight_decay=0.05):
+    """{parameter name: optimizer group} of the optimizer the training engine builds."""
+    optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=weight_decay,
+                                    layer_decay=layer_decay)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return {name_of[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
 
 
 def test_layer_decay_follows_the_original_rule():
@@ -110,7 +121,8 @@ def test_layer_decay_follows_the_original_rule():
              "levels.1.blocks.0.norm1.0.weight", "levels.1.blocks.1.TreeSSM.A_logs",
              "levels.1.downsample.norm.1.weight", "levels.2.blocks.0.mlp.fc2.bias",
              "levels.2.norm.0.bias", "levels.3.blocks.0.TreeSSM.Ds", "levels.3.norm.0.weight"]
-    r = backbone_layer_ratios(names, 0.5)
+    groups = _groups_by_name(GrootV(channels=8, depths=(1, 2, 1, 1), num_classes=3), 0.5)
+    r = {name: groups[name]["lr_scale"] for name in names}
     # blocks from the last: 3.0 -> 0, 2.0 -> 1, 1.1 -> 2, 1.0 -> 3, 0.0 -> 4
     assert r["levels.3.blocks.0.TreeSSM.Ds"] == 1.0
     assert r["levels.2.blocks.0.mlp.fc2.bias"] == 0.5
@@ -126,16 +138,15 @@ def test_layer_decay_follows_the_original_rule():
 def test_param_groups_cover_every_parameter_once_with_decay_rules():
     model = maskrcnn_grootv("tiny", num_classes=3, backbone_kwargs=SMALL, drop_path_rate=0.3,
                             fpn_channels=32, box_head_dim=32, mask_head_channels=16)
-    groups = param_groups_lrd(model, base_lr=1e-3, weight_decay=0.05, layer_decay=0.9)
-    seen = [id(p) for g in groups for p in g["params"]]
+    by_name = _groups_by_name(model, layer_decay=0.9)
+    seen = [id(p) for g in {id(g): g for g in by_name.values()}.values() for p in g["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
-    by_name = {n: g for g in groups for n in g["param_names"]}
     assert len(by_name) == len(seen)
     prefix = model.backbone_prefix
-    assert by_name[prefix + "model.levels.3.blocks.0.mlp.fc1.weight"]["lr"] == pytest.approx(1e-3)
+    assert by_name[prefix + "model.levels.3.blocks.0.mlp.fc1.weight"]["lr_scale"] == pytest.approx(1)
     # 5 blocks: the first is 4 blocks from the last
-    assert by_name[prefix + "model.patch_embed.conv1.weight"]["lr"] == pytest.approx(1e-3 * 0.9**4)
-    assert by_name["backbone.fpn.layer_blocks.0.0.weight"]["lr"] == pytest.approx(1e-3)
+    assert by_name[prefix + "model.patch_embed.conv1.weight"]["lr_scale"] == pytest.approx(0.9**4)
+    assert by_name["backbone.fpn.layer_blocks.0.0.weight"]["lr_scale"] == pytest.approx(1)
     for name, group in by_name.items():
         no_decay = name.endswith((".bias", "A_logs", ".Ds")) or "norm" in name
         assert (group["weight_decay"] == 0.0) == no_decay, name

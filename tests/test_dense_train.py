@@ -11,7 +11,7 @@ import json
 import pytest
 
 from grootvl.cli import dense as dense_cli
-from grootvl.dense import make_ade_shapes, make_coco_shapes
+from grootvl.data import make_ade_shapes, make_coco_shapes
 from grootvl.engine.progress import read_jsonl
 
 BACKBONE = '{"depths": [1, 1, 1, 1], "channels": 16}'

@@ -1,4 +1,5 @@
-"""Unit tests of the reusable training machinery (grootvl.engine) and the data folder checks."""
+"""Unit tests of the reusable training machinery (grootvl.engine), the run config and the data
+folder checks."""
 from __future__ import annotations
 
 import io
@@ -10,14 +11,17 @@ import torch
 from PIL import Image
 
 from grootvl.data import ImageFolderDataset
-from grootvl.engine import UserError, atomic_save
+from grootvl.engine import atomic_save
 from grootvl.engine.amp import resolve_amp
-from grootvl.engine.checkpoint import CheckpointManager
-from grootvl.engine.config import build_config, load_config_file, parse_override
-from grootvl.engine.metrics import MetricSums, topk_correct
+from grootvl.engine.config import parse_override
+from grootvl.engine.metrics import MetricSums
+from grootvl.engine.optim import scaled_lrs
 from grootvl.engine.progress import JsonlLogger, Progress, read_jsonl
 from grootvl.engine.seeding import get_rng_state, seed_everything, set_rng_state
-from grootvl.engine.trainer import scaled_lrs
+from grootvl.engine.snapshots import SnapshotManager
+from grootvl.errors import UserError
+from grootvl.tasks import load_config
+from grootvl.tasks.metrics import topk_correct
 
 
 # ------------------------------------------------------------------------- checkpoints
@@ -37,7 +41,7 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
 
 
 def test_find_resume(tmp_path):
-    mgr = CheckpointManager(tmp_path / "run")
+    mgr = SnapshotManager(tmp_path / "run")
     assert mgr.find_resume(None) is None
     assert mgr.find_resume("auto") is None  # fresh run
     atomic_save({"epoch": 0}, mgr.last_path)
@@ -58,34 +62,34 @@ def test_rng_state_roundtrip():
 # ------------------------------------------------------------------------------ config
 
 def _schema():
-    return load_config_file("grootv_tiny")
+    return load_config("grootv_tiny")
 
 
 def test_packaged_configs_reproduce_the_imagenet_recipe():
     cfg = _schema()
-    assert cfg["model"]["name"] == "grootv_tiny" and cfg["model"]["drop_path_rate"] == 0.1
-    assert (cfg["optim"]["name"], cfg["optim"]["base_lr"], cfg["optim"]["lr_base_batch"]) == ("adamw", 5e-4, 512)
-    assert cfg["optim"]["weight_decay"] == 0.05 and cfg["optim"]["clip_grad"] == 5.0
-    assert (cfg["sched"]["name"], cfg["sched"]["epochs"], cfg["sched"]["warmup_epochs"],
-            cfg["sched"]["min_lr"]) == ("cosine", 300, 20, 5e-6)
-    aug = cfg["aug"]
-    assert (aug["auto_augment"], aug["reprob"], aug["mixup"], aug["cutmix"], aug["label_smoothing"]) == (
+    assert cfg.model.name == "grootv_tiny" and cfg.model.drop_path_rate == 0.1
+    assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.lr_base_batch) == ("adamw", 5e-4, 512)
+    assert cfg.optim.weight_decay == 0.05 and cfg.optim.clip_grad == 5.0
+    assert (cfg.sched.name, cfg.sched.epochs, cfg.sched.warmup_epochs,
+            cfg.sched.min_lr) == ("cosine", 300, 20, 5e-6)
+    aug = cfg.aug
+    assert (aug.auto_augment, aug.reprob, aug.mixup, aug.cutmix, aug.label_smoothing) == (
         "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 0.1)
-    assert cfg["ema"]["enabled"] and cfg["ema"]["decay"] == 0.9999
-    assert cfg["data"]["interpolation"] == "bicubic" and cfg["data"]["crop_pct"] == 0.875
+    assert cfg.ema.enabled and cfg.ema.decay == 0.9999
+    assert cfg.data.interpolation == "bicubic" and cfg.data.crop_pct == 0.875
     for name, model, dpr in (("grootv_small", "grootv_small", 0.3), ("grootv_base", "grootv_base", 0.5)):
-        other = build_config(cfg, name)
-        assert (other["model"]["name"], other["model"]["drop_path_rate"]) == (model, dpr)
-        assert other["optim"] == cfg["optim"] and other["aug"] == cfg["aug"]
+        other = load_config(name)
+        assert (other.model.name, other.model.drop_path_rate) == (model, dpr)
+        assert other.optim == cfg.optim and other.aug == cfg.aug
 
 
 def test_overrides_and_explicit_flags():
-    cfg = build_config(_schema(), "grootv_small", ["optim.base_lr=1e-3", "aug.scale=[0.5, 1.0]",
-                                                   "model.kwargs.tree_sharing=stage"],
-                       {"train.batch_size": 32, "sched.epochs": None})
-    assert cfg["optim"]["base_lr"] == 1e-3 and cfg["aug"]["scale"] == [0.5, 1.0]
-    assert cfg["model"]["kwargs"] == {"tree_sharing": "stage"}
-    assert cfg["train"]["batch_size"] == 32 and cfg["sched"]["epochs"] == 300
+    cfg = load_config("grootv_small", ["optim.base_lr=1e-3", "aug.scale=[0.5, 1.0]",
+                                       "model.kwargs.tree_sharing=stage"],
+                      {"train.batch_size": (32, "--batch-size"), "sched.epochs": (None, "--epochs")})
+    assert cfg.optim.base_lr == 1e-3 and list(cfg.aug.scale) == [0.5, 1.0]
+    assert cfg.model.kwargs == {"tree_sharing": "stage"}
+    assert cfg.train.batch_size == 32 and cfg.sched.epochs == 300
     assert parse_override("optim.base_lr=5e-4") == ("optim.base_lr", 5e-4)  # YAML 1.1 quirk
 
 
@@ -95,16 +99,16 @@ def test_overrides_and_explicit_flags():
 ])
 def test_bad_overrides(override, match):
     with pytest.raises(UserError, match=match):
-        build_config(_schema(), None, [override])
+        load_config(None, [override])
 
 
 def test_missing_config_lists_packaged_ones():
     with pytest.raises(UserError, match="grootv_small"):
-        build_config(_schema(), "grootv_huge")
+        load_config("grootv_huge")
 
 
 def test_lr_scales_linearly_with_total_batch():
-    cfg = build_config(_schema(), None, ["train.batch_size=128", "optim.accum_steps=2"])
+    cfg = load_config(None, ["train.batch_size=128", "optim.accum_steps=2"])
     lrs = scaled_lrs(cfg, world_size=8)  # total batch 2048 = 4 x 512
     assert lrs["total_batch"] == 2048
     assert lrs["lr"] == pytest.approx(2e-3) and lrs["min_lr"] == pytest.approx(2e-5)
@@ -180,7 +184,8 @@ def test_randaugment_posterize_at_full_magnitude_does_not_crash():
     from grootvl.data import build_transform
 
     cfg = _schema()
-    transform = build_transform({**cfg["data"], "img_size": 32}, cfg["aug"], is_training=True)
+    transform = build_transform(cfg.data.model_copy(update={"img_size": 32}), cfg.aug,
+                                is_training=True)
     ops = [op for t in transform.transforms for op in getattr(t, "ops", [])
            if op.name == "PosterizeIncreasing"]
     assert ops
@@ -204,31 +209,29 @@ def test_cpu_threads_is_scoped():
 # ------------------------------------------------------------------- model.init_checkpoint
 
 def _init_cfg(path):
-    cfg = load_config_file("grootv_tiny")
-    cfg["model"].update(name="test_efficientnet", init_checkpoint=str(path))
-    return cfg
+    return load_config(None, ["model.name=test_efficientnet", f"model.init_checkpoint={path}"]).model
 
 
 def test_init_checkpoint_with_another_class_count_gets_a_new_classifier(tmp_path, caplog):
     import timm
 
-    from grootvl.engine.trainer import build_model
+    from grootvl.tasks.classification import build_classifier
 
     release = timm.create_model("test_efficientnet", num_classes=1000).state_dict()
     torch.save({"model": release, "epoch": 299}, tmp_path / "release.pth")  # release layout
     with caplog.at_level("INFO"):
-        model = build_model(_init_cfg(tmp_path / "release.pth"), num_classes=10)
+        model = build_classifier(_init_cfg(tmp_path / "release.pth"), num_classes=10)
     state = model.state_dict()
     assert state["classifier.weight"].shape[0] == 10
     assert all(torch.equal(state[k], v) for k, v in release.items() if not k.startswith("classifier."))
     assert "dropped classifier.weight, classifier.bias" in caplog.text and "10 classes" in caplog.text
 
     caplog.clear()  # a classifier that fits is loaded, silently
-    model = build_model(_init_cfg(tmp_path / "release.pth"), num_classes=1000)
+    model = build_classifier(_init_cfg(tmp_path / "release.pth"), num_classes=1000)
     assert torch.equal(model.state_dict()["classifier.weight"], release["classifier.weight"])
     assert "dropped" not in caplog.text
 
     del release["conv_stem.weight"]  # everything but the classifier stays strict
     torch.save({"model": release}, tmp_path / "broken.pth")
     with pytest.raises(UserError, match="conv_stem.weight"):
-        build_model(_init_cfg(tmp_path / "broken.pth"), num_classes=10)
+        build_classifier(_init_cfg(tmp_path / "broken.pth"), num_classes=10)

@@ -1,7 +1,6 @@
 """GrootV backbone: released-checkpoint layout, parity with an independent re-implementation of
 the original forward pass, input handling, and the timm interface."""
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +17,14 @@ from grootvl.models import GrootV
 from grootvl.ops import bfs_tree, grid_edges, tree_scan
 
 TINY = dict(channels=16, depths=(1, 2, 2, 1), num_classes=7)
-
-
-def reference_dir() -> Path | None:
-    env = os.environ.get("GROOTVL_REFERENCE_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "reference")
-    return next((p for p in candidates if (p / "grootv_t_state_dict.tsv").is_file()), None)
+REFERENCE_LAYOUT = Path(__file__).resolve().parent / "data" / "grootv_t_state_dict.tsv"
 
 
 # ----------------------------------------------------------------- checkpoint layout / sizes
 
 def test_state_dict_equals_the_released_grootv_t_layout():
-    ref = reference_dir()
-    if ref is None:
-        pytest.skip("reference data not found: set GROOTVL_REFERENCE_DIR to the folder holding "
-                    "grootv_t_state_dict.tsv (default <repo>/../shared/reference)")
-    rows = [line.rstrip("\n").split("\t") for line in open(ref / "grootv_t_state_dict.tsv")]
+    # name, shape and dtype of every entry of the released GrootV-T checkpoint's "model"
+    rows = [line.rstrip("\n").split("\t") for line in open(REFERENCE_LAYOUT)]
     expected = [(name, shape, dtype) for name, shape, dtype in rows]
     model = timm.create_model("grootv_tiny")
     ours = [(k, str(tuple(v.shape)), str(v.dtype).removeprefix("torch."))

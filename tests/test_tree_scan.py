@@ -1,4 +1,5 @@
-"""tree_scan against the dense oracle, gradients, dtypes, errors, torch.compile (DESIGN.md §2)."""
+"""tree_scan against the dense oracle, gradients, dtypes, errors, torch.compile
+(docs/design.md, "Tree scan semantics")."""
 from __future__ import annotations
 
 import random

@@ -1,16 +1,18 @@
-"""Pictures of what a GrootV block does: its minimum spanning tree and propagation weights.
+"""Pictures: what a GrootV block does (its minimum spanning tree and propagation weights), and
+a run's training curve.
 
 For one block's tree SSM we capture, with forward hooks, the guide features (the SSM input
-after the depthwise convolution and SiLU, DESIGN.md §4) and the tree the layer used. From the
-guide we also compute the block's per-channel decays λ = exp(Δ·A). The propagation weight
-from a source pixel p to every pixel i is
+after the depthwise convolution and SiLU; docs/design.md, "The TreeSSM layer") and the tree
+the layer used. From the guide we also compute the block's per-channel decays λ = exp(Δ·A).
+The propagation weight from a source pixel p to every pixel i is
 
     S(p, i) averaged over channels = mean_c  tree_scan(one_hot(p), λ_c)[i]
 
-i.e. we run the full tree scan (DESIGN.md §2) on an input that is 1 at p in every channel
-and 0 elsewhere; since S is symmetric, output i is S_c(i, p) = S_c(p, i), the product of
-channel c's decays along the tree path between p and i. We average S over channels (not the
-decays), so the map is the mean attention the block's state gives each pixel from p.
+i.e. we run the full tree scan (docs/design.md, "Tree scan semantics") on an input that is 1
+at p in every channel and 0 elsewhere; since S is symmetric, output i is S_c(i, p) = S_c(p, i),
+the product of channel c's decays along the tree path between p and i. We average S over
+channels (not the decays), so the map is the mean attention the block's state gives each
+pixel from p.
 """
 from __future__ import annotations
 
@@ -23,10 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from grootvl.engine.errors import UserError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .errors import UserError
 
 
 def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
@@ -48,8 +49,8 @@ def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
     return out
 
 
-def preprocess(image: Image.Image, size: int, in_chans: int = 3, mean=IMAGENET_MEAN,
-               std=IMAGENET_STD) -> torch.Tensor:
+def preprocess(image: Image.Image, size: int, in_chans: int = 3, mean=IMAGENET_DEFAULT_MEAN,
+               std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
     """Resize (bicubic, no crop) and normalise to a (in_chans, size, size) tensor."""
     img = image.convert("L" if in_chans == 1 else "RGB").resize((size, size), Image.BICUBIC)
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
@@ -119,7 +120,8 @@ def capture_block(model: nn.Module, image: torch.Tensor, stage: int = 0, block: 
 
 
 def block_decay(layer: nn.Module, xs: torch.Tensor) -> torch.Tensor:
-    """λ = exp(Δ·A) for guide features ``xs`` (L, D), as the layer computes it (DESIGN.md §4)."""
+    """λ = exp(Δ·A) for guide features ``xs`` (L, D), as the layer computes it (docs/design.md,
+    "The TreeSSM layer")."""
     r = layer.dt_rank
     dt = xs @ layer.x_proj_weight[0, :r].float().t()                     # (L, R)
     delta = F.softplus(dt @ layer.dt_projs_weight[0].float().t() + layer.dt_projs_bias[0].float())
@@ -208,5 +210,29 @@ def render_tree_figure(model: nn.Module, image: torch.Tensor, display: Image.Ima
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curve(epochs: list[dict], path) -> Path:
+    """Loss (train, test) and test accuracy per epoch, side by side, from a run's ``epoch``
+    log records (``train_loss``, ``val_loss``, ``val_top1``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["epoch"] + 1 for r in epochs]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(x, [r.get("train_loss") for r in epochs], "o-", label="train (smoothed labels)")
+    ax_loss.plot(x, [r.get("val_loss") for r in epochs], "s-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(x, [r.get("val_top1") for r in epochs], "s-", color="C1")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="test accuracy")
+    ax_acc.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from grootvl.engine.errors import UserError, cli_command
+from grootvl.errors import UserError
+
+from .common import cli_command, print_json_result
 
 
 def register(subparsers) -> None:
@@ -25,7 +27,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 def _build_model(args):
     from grootvl.engine.config import parse_override
-    from grootvl.engine.weights import create_model
+    from grootvl.models.factory import create_model
 
     kwargs = dict(parse_override(text) for text in args.model_kwargs)
     return create_model(args.model, args.num_classes, args.in_chans, **kwargs)
@@ -185,7 +187,6 @@ def run_flops(args) -> int:
     import dataclasses
     import warnings
 
-    from grootvl.engine.progress import print_json_result
     from grootvl.flops import count_flops_params
 
     if args.img_size < 1:
@@ -234,7 +235,7 @@ def run_visualize(args) -> int:
     images = V.load_images(args.image)
     model = _build_model(args)
     if args.checkpoint:
-        from grootvl.engine.weights import load_weights
+        from grootvl.models.weights import load_weights
 
         load_weights(model, args.checkpoint, use_ema=args.use_ema, model_name=args.model)
     model.to(resolve_device(args.device))

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..engine.errors import UserError
+from ..errors import UserError
 
 GROOTL_ADAPTER_FILE = "grootl_adapter.json"
 

@@ -5,9 +5,9 @@ adds its parser(s) and sets ``func`` (called with the parsed namespace, returnin
 code). Modules are imported only when the command line is parsed, so ``grootvl --help``
 stays fast even though training pulls in torch and timm.
 
-Most sub-commands wrap their ``func`` in ``grootvl.engine.errors.cli_command``; ``main``
+Most sub-commands wrap their ``func`` in ``grootvl.cli.common.cli_command``; ``main``
 applies the same rule to every sub-command, so none can leak a traceback for a user
-mistake: a :class:`~grootvl.engine.errors.UserError` becomes ``grootvl COMMAND: error:
+mistake: a :class:`~grootvl.errors.UserError` becomes ``grootvl COMMAND: error:
 MESSAGE`` on stderr and exit status 2. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-from grootvl.engine.errors import UserError
+from grootvl.errors import UserError
 
 SUBCOMMAND_MODULES = [
     "grootvl.cli.train",      # train, eval, demo

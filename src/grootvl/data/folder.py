@@ -3,7 +3,7 @@
 The layout is torchvision's ``ImageFolder`` one, so ImageNet's ``train/`` and ``val/``
 folders work as they are. Unlike ``ImageFolder`` this dataset:
 
-* raises :class:`~grootvl.engine.UserError` with a fix-it message for a missing or empty
+* raises :class:`~grootvl.errors.DataError` with a fix-it message for a missing or empty
   folder and for train/val class mismatches;
 * skips an unreadable image (warning on stderr) instead of killing the run: the sample is
   replaced by the next readable one and ``__getitem__`` reports how many files it skipped,
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from grootvl.engine.errors import UserError
+from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _log = logging.getLogger(__name__)
@@ -29,12 +29,12 @@ def find_classes(root: str | os.PathLike, what: str = "data folder") -> list[str
     """Sorted class folder names under ``root``; clear errors for a missing/empty folder."""
     root = Path(root)
     if not root.exists():
-        raise UserError(f"{what} {root} does not exist (expected {root}/<class>/<image files>)")
+        raise DataError(f"{what} {root} does not exist (expected {root}/<class>/<image files>)")
     if not root.is_dir():
-        raise UserError(f"{what} {root} is not a folder")
+        raise DataError(f"{what} {root} is not a folder")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise UserError(f"{what} {root} has no class folders "
+        raise DataError(f"{what} {root} has no class folders "
                         f"(expected one sub-folder per class: {root}/<class>/<image files>)")
     return classes
 
@@ -70,7 +70,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
         self.samples = scan_images(self.root, self.classes)
         if not self.samples:
-            raise UserError(f"{what} {self.root} has class folders but no image files "
+            raise DataError(f"{what} {self.root} has class folders but no image files "
                             f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
         self.transform = transform
         self.mode = mode
@@ -85,7 +85,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """
         unknown = sorted(set(self.classes) - set(classes))
         if unknown:
-            raise UserError(f"folder {self.root} has class folder(s) the model was not trained "
+            raise DataError(f"folder {self.root} has class folder(s) the model was not trained "
                             f"on: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
         index = {name: i for i, name in enumerate(classes)}
         self.samples = [(path, index[self.classes[t]]) for path, t in self.samples]
@@ -108,7 +108,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             if self.transform is not None:
                 img = self.transform(img)
             return img, target, skipped
-        raise UserError(f"no readable image in {self.root}")
+        raise DataError(f"no readable image in {self.root}")
 
 
 def check_same_classes(expected: list[str], found: list[str], root: Path, what: str) -> None:
@@ -124,22 +124,5 @@ def check_same_classes(expected: list[str], found: list[str], root: Path, what: 
     if extra:
         parts.append(f"has {len(extra)} class folder(s) the training set lacks: "
                      f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}")
-    raise UserError(f"{what} {root} {' and '.join(parts)}; train and val must have the same "
+    raise DataError(f"{what} {root} {' and '.join(parts)}; train and val must have the same "
                     "class folders")
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Every ``world_size``-th index starting at ``rank``, in order, without padding.
-
-    Unlike ``DistributedSampler`` no sample is repeated, so metrics summed over ranks are
-    exact for any dataset size.
-    """
-
-    def __init__(self, length: int, rank: int, world_size: int):
-        self.indices = list(range(rank, length, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)

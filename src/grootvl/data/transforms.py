@@ -1,4 +1,5 @@
-"""timm train/eval transforms built from the ``data`` and ``aug`` config sections."""
+"""timm train/eval transforms built from the ``data`` and ``aug`` config sections
+(``grootvl.tasks.config``: any objects with those attributes will do)."""
 from __future__ import annotations
 
 from PIL import Image
@@ -9,28 +10,27 @@ def _none_if_off(value):
     return None if value in (None, "", "none", False) else value
 
 
-def build_transform(data_cfg: dict, aug_cfg: dict, is_training: bool):
+def build_transform(data, aug, is_training: bool):
     """RandAugment, colour jitter, random resized crop, flip and random erasing for training;
     resize + centre crop (``crop_pct``) for evaluation; both normalise with mean/std."""
-    size = data_cfg["img_size"]
     common = dict(
-        input_size=(data_cfg["in_chans"], size, size),
-        interpolation=data_cfg["interpolation"],
-        mean=tuple(data_cfg["mean"]),
-        std=tuple(data_cfg["std"]),
-        crop_pct=data_cfg["crop_pct"],
+        input_size=(data.in_chans, data.img_size, data.img_size),
+        interpolation=data.interpolation,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+        crop_pct=data.crop_pct,
     )
     if not is_training:
         return create_transform(is_training=False, **common)
     transform = create_transform(
         is_training=True,
-        scale=tuple(aug_cfg["scale"]),
-        hflip=aug_cfg["hflip"],
-        color_jitter=aug_cfg["color_jitter"] or 0.0,
-        auto_augment=_none_if_off(aug_cfg["auto_augment"]),
-        re_prob=aug_cfg["reprob"],
-        re_mode=aug_cfg["remode"],
-        re_count=aug_cfg["recount"],
+        scale=tuple(aug.scale),
+        hflip=aug.hflip,
+        color_jitter=aug.color_jitter or 0.0,
+        auto_augment=_none_if_off(aug.auto_augment),
+        re_prob=aug.reprob,
+        re_mode=aug.remode,
+        re_count=aug.recount,
         **common,
     )
     _guard_posterize(transform)

@@ -1,32 +1,43 @@
-"""Reusable, model-agnostic training machinery.
+"""The training engine: one loop for every task, and the machinery around it.
 
-* :mod:`.distributed` -- torchrun process groups (NCCL on CUDA, Gloo on CPU), metric reduction
+It knows no model family and no task: a task plugs in its data, model,
+loss and metrics (:class:`~.task.Task`; ``grootvl.tasks`` has classification, detection and
+segmentation).
+
+* :mod:`.loop`        -- :func:`run_training`, the loop
+* :mod:`.evaluation`  -- :func:`evaluate`: a task's metrics of a model, all processes
+* :mod:`.task`        -- the :class:`Task` protocol, :class:`Batch`, :class:`Evaluator`
+* :mod:`.schema`      -- the ``optim``, ``sched``, ``ema`` and ``train`` config sections
+* :mod:`.config`      -- typed configs from YAML files, ``--set`` overrides and flags
+* :mod:`.optim`       -- optimizer and lr schedule (timm's factories), lr scaling
+* :mod:`.snapshots`   -- atomic snapshot files, last/best/EMA-best, ``--resume auto``
+* :mod:`.sampling`    -- resumable training loaders, evaluation shards
+* :mod:`.distributed` -- torchrun process groups (NCCL on CUDA, Gloo on CPU), reductions
 * :mod:`.seeding`     -- deterministic seeding, RNG state capture/restore
-* :mod:`.checkpoint`  -- atomic checkpoint files, last/best/EMA-best, ``--resume auto``
-* :mod:`.progress`    -- JSON-lines logger, progress bar / log lines with speed and ETA
 * :mod:`.amp`         -- bf16/fp16 autocast and GradScaler selection
-* :mod:`.metrics`     -- sums/means reducible across ranks, top-k accuracy
-* :mod:`.config`      -- YAML configs with ``base:`` inheritance and ``key=value`` overrides
-* :mod:`.weights`     -- timm model creation and weight loading with clear errors
-* :mod:`.classification` / :mod:`.trainer` -- the image-classification loop built on the above
+* :mod:`.progress`    -- JSON-lines logger, progress bar / log lines with speed and ETA
+* :mod:`.metrics`     -- sums and means reducible across processes
 
-User mistakes raise :class:`UserError`; command-line tools print its message and exit 2.
+User mistakes raise :class:`grootvl.errors.UserError`.
 """
 from .amp import AmpSettings, autocast, make_grad_scaler, resolve_amp
-from .checkpoint import CheckpointManager, atomic_save, load_checkpoint_file, unwrap_model
-from .config import build_config, load_config_file, packaged_config_names
+from .config import ConfigSection, build_config, config_from_dict, dump_config, parse_override
 from .distributed import (DistEnv, all_gather_object, all_reduce_sum, barrier, broadcast_object,
                           init_distributed, teardown_distributed)
-from .errors import UserError, cli_command
-from .metrics import MetricSums, topk_correct
+from .evaluation import evaluate
+from .loop import run_training
+from .metrics import MetricSums
 from .progress import JsonlLogger, Progress, read_jsonl
+from .sampling import ShardSampler
 from .seeding import get_rng_state, seed_everything, set_rng_state
+from .snapshots import SnapshotManager, atomic_save, load_snapshot, read_snapshot_meta, unwrap_model
+from .task import Batch, Evaluator, Task
 
 __all__ = [
-    "AmpSettings", "CheckpointManager", "DistEnv", "JsonlLogger", "MetricSums", "Progress",
-    "UserError", "all_gather_object", "cli_command", "all_reduce_sum", "atomic_save", "autocast", "barrier",
-    "broadcast_object", "build_config", "get_rng_state", "init_distributed",
-    "load_checkpoint_file", "load_config_file", "make_grad_scaler", "packaged_config_names",
-    "read_jsonl", "resolve_amp", "seed_everything", "set_rng_state", "teardown_distributed",
-    "topk_correct", "unwrap_model",
+    "AmpSettings", "Batch", "ConfigSection", "DistEnv", "Evaluator", "JsonlLogger", "MetricSums",
+    "Progress", "ShardSampler", "SnapshotManager", "Task", "all_gather_object", "all_reduce_sum",
+    "atomic_save", "autocast", "barrier", "broadcast_object", "build_config", "config_from_dict",
+    "dump_config", "evaluate", "get_rng_state", "init_distributed", "load_snapshot",
+    "make_grad_scaler", "parse_override", "read_jsonl", "read_snapshot_meta", "resolve_amp",
+    "run_training", "seed_everything", "set_rng_state", "teardown_distributed", "unwrap_model",
 ]

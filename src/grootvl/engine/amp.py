@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

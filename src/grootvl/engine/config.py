@@ -1,10 +1,18 @@
-"""YAML run configs: packaged or user files, ``base:`` inheritance and ``key=value`` overrides.
+"""Typed run configs: a pydantic schema, filled from YAML files, ``--set`` overrides and flags.
 
-A config is a nested dict of sections (``model``, ``data``, ``optim``...). A file may name a
-``base`` config (packaged name or path, relative to the file) whose values it overrides.
-Overrides use dotted keys: ``optim.base_lr=1e-3``; values are parsed as YAML
-(``true``, ``[0.9, 0.99]``, ``null``). Keys must already exist in the schema (the
-defaults), so a typo is an error naming the closest valid keys rather than a silent no-op.
+The schema (a :class:`ConfigSection` subclass, e.g. ``grootvl.tasks.RunConfig``) holds every
+key with its type, range, default and description; nothing else defines a default. Values are
+applied in layers, each remembered with where it came from:
+
+    schema defaults <- config file (and its ``base`` chain) <- ``--set KEY=VALUE`` <- flags
+
+A config file is YAML; it may name a ``base`` config (a packaged name or a path, relative to
+the file) whose values it overrides. ``--set`` takes dotted keys, ``optim.base_lr=1e-3``, with
+YAML values (``true``, ``[0.9, 0.99]``, ``null``). The result is validated once: any unknown
+key (with the closest valid ones), wrong type or value out of range is a one-line
+:class:`~grootvl.errors.UserError` naming the key, the value, what is allowed and where the
+value came from. Configs read back from snapshots go through the same schema
+(:func:`config_from_dict`).
 """
 from __future__ import annotations
 
@@ -12,18 +20,33 @@ import copy
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, TypeVar
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict
 
-from .errors import UserError
+from ..errors import UserError
 
-PACKAGED_CONFIGS = "grootvl.configs"
+__all__ = ["ConfigSection", "build_config", "config_from_dict", "dump_config", "load_config_file",
+           "packaged_config_names", "parse_override"]
+
+M = TypeVar("M", bound="ConfigSection")
+DEFAULT = "the default"
 
 
-def packaged_config_names() -> list[str]:
-    """Names accepted by ``--config`` without a path (e.g. ``grootv_tiny``)."""
-    root = resources.files(PACKAGED_CONFIGS)
+class ConfigSection(BaseModel):
+    """Base of every config section: unknown keys are errors, values are frozen after
+    validation, defaults are validated like given values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# ------------------------------------------------------------------------------ files
+
+def packaged_config_names(package: str) -> list[str]:
+    """Names accepted by ``--config`` without a path: the YAML files in ``package``."""
+    root = resources.files(package)
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -31,84 +54,49 @@ def _read_yaml(text: str, origin: str) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config {origin} is not valid YAML: {exc}") from exc
+        raise UserError(f"{origin} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise UserError(f"config {origin} must be a mapping of sections, got {type(data).__name__}")
+        raise UserError(f"{origin} must be a mapping of sections, got {type(data).__name__}")
     return data
 
 
-def _locate(name_or_path: str, relative_to: Path | None = None) -> tuple[str, Path | None]:
-    """Text and folder of a config given as packaged name or file path."""
+def _locate(name_or_path: str, package: str, relative_to: Path | None) -> tuple[str, str, Path | None]:
+    """(text, origin, folder) of a config given as packaged name or file path."""
     candidates = [Path(name_or_path)]
     if relative_to is not None:
         candidates.insert(0, relative_to / name_or_path)
     for path in candidates:
         if path.is_file():
-            return path.read_text(), path.parent
+            return path.read_text(), f"config {path}", path.parent
     stem = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
-    res = resources.files(PACKAGED_CONFIGS) / f"{stem}.yaml"
+    res = resources.files(package) / f"{stem}.yaml"
     if res.is_file():
-        return res.read_text(), None
+        return res.read_text(), f"config {stem}", None
     raise UserError(f"--config {name_or_path}: no such file, and not a packaged config "
-                    f"(packaged: {', '.join(packaged_config_names())})")
+                    f"(packaged: {', '.join(packaged_config_names(package))})")
 
 
-def deep_merge(base: dict, update: dict) -> dict:
-    """``base`` with ``update`` applied recursively (new dict; inputs untouched)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def load_config_file(name_or_path: str, _relative_to: Path | None = None, _seen=()) -> dict:
-    """A config with its ``base`` chain resolved (``base`` key removed)."""
-    if name_or_path in _seen:
-        raise UserError(f"config base chain loops: {' -> '.join((*_seen, name_or_path))}")
-    text, folder = _locate(name_or_path, _relative_to)
-    data = _read_yaml(text, name_or_path)
+def _config_chain(name_or_path: str, package: str, relative_to: Path | None = None,
+                  seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """``[(origin, values), ...]`` from the root of the ``base`` chain to ``name_or_path``."""
+    if name_or_path in seen:
+        raise UserError(f"config base chain loops: {' -> '.join((*seen, name_or_path))}")
+    text, origin, folder = _locate(name_or_path, package, relative_to)
+    data = _read_yaml(text, origin)
     base = data.pop("base", None)
-    if base:
-        parent = load_config_file(base, folder, (*_seen, name_or_path))
-        data = deep_merge(parent, data)
-    return data
+    chain = _config_chain(base, package, folder, (*seen, name_or_path)) if base else []
+    return [*chain, (origin, data)]
 
 
-def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in cfg.items():
-        full = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            keys.extend(_flat_keys(v, full + "."))
-        else:
-            keys.append(full)
-    return keys
+def load_config_file(name_or_path: str, package: str) -> dict:
+    """A config file's values with its ``base`` chain merged in (``base`` key removed)."""
+    merged: dict = {}
+    for _, data in _config_chain(name_or_path, package):
+        _merge(merged, data, {}, "")
+    return merged
 
 
-def check_keys(cfg: dict, schema: dict, origin: str) -> None:
-    """Every key of ``cfg`` must exist in ``schema`` (free-form dict values excepted)."""
-    valid = set(_flat_keys(schema))
-    sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
-    for key in _flat_keys(cfg):
-        if key in valid or any(key.startswith(v + ".") and _is_free_form(schema, v) for v in valid):
-            continue
-        if key in sections:
-            continue
-        close = difflib.get_close_matches(key, sorted(valid), n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise UserError(f"{origin}: unknown config key {key!r}{hint}")
-
-
-def _is_free_form(schema: dict, dotted: str) -> bool:
-    """A key whose default is an empty dict (e.g. ``model.kwargs``) takes any sub-keys."""
-    node: Any = schema
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return isinstance(node, dict) and not node
-
+# -------------------------------------------------------------------------- overrides
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=1e-3"`` -> ``("a.b", 0.001)`` (value parsed as YAML)."""
@@ -129,49 +117,137 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def set_dotted(cfg: dict, key: str, value: Any) -> None:
-    node = cfg
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+def _merge(target: dict, update: Mapping, origins: dict[str, str], origin: str,
+           prefix: str = "") -> None:
+    """Apply ``update`` to ``target`` recursively, recording ``origin`` for each key set."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict) and value:
+            _merge(target[key], value, origins, origin, dotted + ".")
+        else:
+            target[key] = copy.deepcopy(value)
+            origins[dotted] = origin
 
 
-def get_dotted(cfg: dict, key: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
+def _set_dotted(target: dict, key: str, value: Any, origins: dict[str, str], origin: str) -> None:
+    *parents, leaf = key.split(".")
+    node = target
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
         node = node[part]
-    return node
+    _merge(node, {leaf: value}, origins, origin, key[: -len(leaf)])
 
 
-def build_config(schema: dict, config: str | None, overrides: Iterable[str] = (),
-                 explicit: dict[str, Any] | None = None) -> dict:
-    """Schema defaults <- config file (and its bases) <- ``--set`` overrides <- explicit flags.
+# ------------------------------------------------------------------------- validation
 
-    ``explicit`` maps dotted keys to values from dedicated command-line flags (None = unset).
+def build_config(schema: type[M], config: str | None = None, overrides: Iterable[str] = (),
+                 flags: Mapping[str, tuple[Any, str]] | None = None, *,
+                 package: str, base: Mapping[str, Any] | None = None,
+                 base_origin: str = "") -> M:
+    """Schema defaults <- ``base`` <- config file (and its bases) <- ``--set`` <- ``flags``.
+
+    ``flags`` maps dotted keys to ``(value, flag name)`` from dedicated command-line options;
+    a None value means the flag was not given. ``package`` holds the packaged YAML configs.
+    ``base`` (e.g. a snapshot's saved config) comes under everything else.
     """
-    cfg = copy.deepcopy(schema)
+    values: dict = {}
+    origins: dict[str, str] = {}
+    if base:
+        _merge(values, base, origins, base_origin)
     if config:
-        data = load_config_file(config)
-        check_keys(data, schema, f"config {config}")
-        cfg = deep_merge(cfg, data)
+        for origin, data in _config_chain(config, package):
+            _merge(values, data, origins, origin)
     for text in overrides:
         key, value = parse_override(text)
-        check_keys(_nest(key, value), schema, f"--set {text}")
-        set_dotted(cfg, key, value)
-    for key, value in (explicit or {}).items():
+        _set_dotted(values, key, value, origins, f"--set {text}")
+    for key, (value, flag) in (flags or {}).items():
         if value is not None:
-            set_dotted(cfg, key, value)
-    return cfg
+            _set_dotted(values, key, value, origins, flag)
+    return _validate(schema, values, origins)
 
 
-def _nest(key: str, value: Any) -> dict:
-    out: dict = {}
-    set_dotted(out, key, value)
-    return out
+def config_from_dict(schema: type[M], data: Mapping[str, Any], origin: str) -> M:
+    """Validate a config read back from somewhere (e.g. ``origin="checkpoint run/last.pth"``)."""
+    origins: dict[str, str] = {}
+    values: dict = {}
+    _merge(values, data, origins, origin)
+    return _validate(schema, values, origins)
 
 
-def dump_config(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)
+def _validate(schema: type[M], values: dict, origins: dict[str, str]) -> M:
+    try:
+        return schema.model_validate(values)
+    except pydantic.ValidationError as exc:
+        problems = [_describe(error, schema, origins) for error in exc.errors()]
+        raise UserError("; ".join(problems)) from None
+
+
+def _origin(parts: list[str], origins: dict[str, str]) -> str:
+    """Where the value at ``parts`` came from: the layer that set it or a section above it,
+    else the layers that set keys below it (a whole-section check), else the default."""
+    for end in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:end]))
+        if found:
+            return found
+    prefix = ".".join(parts) + "."
+    below = sorted({origin for key, origin in origins.items() if key.startswith(prefix)})
+    return ", ".join(below) if below else DEFAULT
+
+
+def _describe(error: dict, schema: type[BaseModel], origins: dict[str, str]) -> str:
+    """One readable sentence for one pydantic error: key, value, what is allowed, origin."""
+    parts = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+    if error["type"] == "missing" and parts and parts[-1].isdigit():  # a tuple too short
+        index = parts.pop()
+        error = {**error, "msg": f"too few values (no item {index})"}
+    key = ".".join(parts)
+    origin = _origin(parts, origins)
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, _leaf_keys(schema), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"{origin}: unknown config key {key!r}{hint}"
+    message = error["msg"].removeprefix("Value error, ")  # a schema validator's own words
+    message = message[0].lower() + message[1:]
+    if isinstance(error.get("input"), Mapping):
+        return f"{key or 'config'}: {message} (from {origin})"  # a check of a whole section
+    return f"{key} = {error['input']!r} (from {origin}): {message}"
+
+
+def _leaf_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in schema.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys.extend(_leaf_keys(sub, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+# ------------------------------------------------------------------------------ output
+
+def dump_config(cfg: BaseModel) -> str:
+    """YAML of every key, each with its description as a comment; reads back to ``cfg``."""
+    lines: list[str] = []
+    _dump(type(cfg), cfg.model_dump(mode="json"), lines, 0)
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("\n...").strip()
+
+
+def _dump(schema: type[BaseModel], values: dict, lines: list[str], indent: int) -> None:
+    pad = " " * indent
+    for name, field in schema.model_fields.items():
+        comment = f"  # {field.description}" if field.description else ""
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            if indent == 0 and lines:
+                lines.append("")
+            lines.append(f"{pad}{name}:{comment}")
+            _dump(sub, values[name], lines, indent + 2)
+        else:
+            lines.append(f"{pad}{name}: {_scalar(values[name])}{comment}")

@@ -1,4 +1,4 @@
-"""Running averages and classification accuracy, reducible across ranks."""
+"""Running averages of scalar metrics, reducible across processes."""
 from __future__ import annotations
 
 import torch
@@ -31,15 +31,3 @@ class MetricSums:
         packed.update({f"n/{k}": v for k, v in self.counts.items()})
         total = all_reduce_sum(packed, device)
         return {k: total[f"s/{k}"] / max(total[f"n/{k}"], 1e-12) for k in self.sums}
-
-
-@torch.no_grad()
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """Number of samples whose target is among the top-k logits, for each k.
-
-    k larger than the number of classes counts every sample as correct.
-    """
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hit = pred.eq(target.view(-1, 1))
-    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]

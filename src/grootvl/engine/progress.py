@@ -44,14 +44,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def print_json_result(result: dict, json_out: str | os.PathLike | None) -> None:
-    """The one-shot commands' output: one compact JSON line on stdout (for pipes), and the
-    same result pretty-printed to ``json_out`` when the user passed ``--json``."""
-    print(json.dumps(result))
-    if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
-
-
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"

@@ -1,4 +1,4 @@
-"""GrootL: tree scanning inside Mamba language models (DESIGN.md §6).
+"""GrootL: tree scanning inside Mamba language models (docs/design.md, "GrootL").
 
 ``enable_tree_scanning(model)`` turns a Hugging Face ``MambaForCausalLM`` into GrootL in
 place; the model then trains with Trainer/peft, generates with ``generate`` and is scored by

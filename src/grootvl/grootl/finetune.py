@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .model import IGNORE_INDEX, is_grootl
 
-# DESIGN.md §6: LoRA r 8, alpha 16, dropout 0 on x_proj, embeddings, in_proj and out_proj.
+# The paper's LoRA (docs/design.md, "GrootL"): r 8, alpha 16, dropout 0 on x_proj, embeddings,
+# in_proj and out_proj.
 LORA_TARGETS = ("x_proj", "embeddings", "in_proj", "out_proj")
 
 PROMPT_WITH_INPUT = (
@@ -116,7 +117,7 @@ def _lora_on_out_proj_allowed(model):
 
 
 def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.0, targets: Sequence[str] = LORA_TARGETS):
-    """The paper's LoRA setting (DESIGN.md §6) as a ``peft.LoraConfig``."""
+    """The paper's LoRA setting (docs/design.md, "GrootL") as a ``peft.LoraConfig``."""
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
@@ -192,7 +193,7 @@ def perplexity(loss: float) -> float:
 
 
 def training_arguments(output_dir: str | Path, extra_args: Sequence[str] = (), **overrides):
-    """``TrainingArguments`` with the paper's fine-tuning defaults (DESIGN.md §6).
+    """``TrainingArguments`` with the paper's fine-tuning defaults (docs/design.md, "GrootL").
 
     lr 2e-5 constant after 20 warm-up steps, 1 epoch, bf16 where supported, no checkpoints
     saved mid-run. ``overrides`` replace defaults; ``extra_args`` are Trainer command-line

@@ -1,8 +1,8 @@
 """The GrootL mixer: Mamba's selective SSM with chain scan + tree_scale * subtree tree scan.
 
-DESIGN.md §6. Every (channel, state) pair of the SSM is one scan channel: the input is
-x = Δ·B·u of shape (B, L, D*N) and the decay is Ā = exp(Δ·A) of the same shape, shifted by one
-token (the decay of the edge whose child end is token t is Ā[t+1]). Both scans go through
+See docs/design.md, "GrootL". Every (channel, state) pair of the SSM is one scan channel: the
+input is x = Δ·B·u of shape (B, L, D*N) and the decay is Ā = exp(Δ·A) of the same shape,
+shifted by one token (the decay of the edge whose child end is token t is Ā[t+1]). Both scans go through
 ``grootvl.ops.tree_scan`` in subtree mode; the chain scan uses the chain rooted at the last
 token, on which the subtree scan is exactly Mamba's recurrence h_t = Ā_t h_{t-1} + x_t. No
 Python loop over tokens runs here (transformers' CPU path loops over tokens in Python).

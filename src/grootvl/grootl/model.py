@@ -1,4 +1,5 @@
-"""Turn a Hugging Face ``MambaForCausalLM`` into GrootL in place (DESIGN.md §6).
+"""Turn a Hugging Face ``MambaForCausalLM`` into GrootL in place (docs/design.md,
+"GrootL").
 
 The model keeps its weights, its class hierarchy and every transformers feature (Trainer,
 ``generate``, ``save_pretrained``, peft); two classes are swapped for small subclasses:

@@ -1,4 +1,13 @@
-"""GrootV backbones; importing this module registers ``grootv_tiny/small/base`` with timm."""
-from .grootv import GrootV, GrootVBlock, GrootVStage, grootv_base, grootv_small, grootv_tiny
+"""GrootV backbones; importing this package registers ``grootv_tiny/small/base`` with timm.
 
-__all__ = ["GrootV", "GrootVBlock", "GrootVStage", "grootv_tiny", "grootv_small", "grootv_base"]
+* :mod:`.grootv`  -- the model, its timm interface and registration
+* :mod:`.weights` -- weights from files: GrootV release checkpoints, state dicts, safetensors
+* :mod:`.factory` -- models by name (timm's registry, ``tiny``/``small``/``base`` aliases)
+* :mod:`.dense`   -- Mask R-CNN and UperNet on a GrootV feature pyramid (imported on use:
+  it needs torchvision's detection models, and smp for UperNet)
+"""
+from .grootv import GrootV, GrootVBlock, GrootVStage, grootv_base, grootv_small, grootv_tiny
+from .weights import LoadResult, checkpoint_filter_fn, load_checkpoint, read_state_dict
+
+__all__ = ["GrootV", "GrootVBlock", "GrootVStage", "LoadResult", "checkpoint_filter_fn",
+           "grootv_base", "grootv_small", "grootv_tiny", "load_checkpoint", "read_state_dict"]

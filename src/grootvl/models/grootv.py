@@ -16,12 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models._manipulate import MATCH_PREV_GROUP
 
-from ..checkpoint import checkpoint_filter_fn, load_pretrained_into
 from ..layers import GeluMlp, TreeSSM, Trees
+from .weights import checkpoint_filter_fn, load_pretrained_into
 
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
 
@@ -228,14 +230,27 @@ class GrootV(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^levels\.(\d+)" if coarse else [
-                (r"^levels\.(\d+)\.blocks\.(\d+)", None),
-                (r"^levels\.(\d+)\.(norm|downsample)", (99998,)),
-                (r"^conv_head", (99999,)),
-            ],
-        )
+        """Parameter groups for timm (``param_groups_layer_decay``, ``group_parameters``).
+
+        Fine grouping is the layer-wise lr decay rule of the original GrootV dense recipes:
+        one layer per block, in order; the stem joins the first block; the norm and
+        downsampling that end stage s join the first block of stage s + 1 (the last stage's
+        norm, the head convolution and the classifier join the last block). With decay d,
+        block i of N trains at d ** (N - 1 - i) of the learning rate.
+        """
+        if coarse:
+            return dict(stem=r"^patch_embed", blocks=[(r"^levels\.(\d+)", None),
+                                                       (r"^conv_head", MATCH_PREV_GROUP)])
+        last = len(self.levels) - 1
+        # a suffix ending in MATCH_PREV_GROUP puts a match into the layer sorted just before it
+        join = MATCH_PREV_GROUP[0]
+        return dict(blocks=[
+            (r"^levels\.(\d+)\.blocks\.(\d+)\.", None),
+            (r"^patch_embed\.", (0, 0, join)),
+            *[(rf"^levels\.{s}\.(?:norm|downsample)\.", (s + 1, 0, join)) for s in range(last)],
+            (rf"^levels\.{last}\.(?:norm|downsample)\.", (last, self.depths[last] - 1, join)),
+            (r"^(?:conv_head|head)\.", (last, self.depths[last] - 1, join)),
+        ])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -341,8 +356,8 @@ def _cfg(**kwargs) -> dict:
         "pool_size": (7, 7),
         "crop_pct": 0.875,
         "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.conv1",
         "classifier": "head",
         "license": "mit",

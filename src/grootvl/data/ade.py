@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from .errors import DenseInputError
+from ..errors import DataError
 
-__all__ = ["ADESegmentation", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ADESegmentation", "IGNORE_INDEX"]
 
 IGNORE_INDEX = 255
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+# the images stay in 0..255 until normalised
+_MEAN_255 = np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32) * 255
+_STD_255 = np.array(IMAGENET_DEFAULT_STD, dtype=np.float32) * 255
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -58,21 +60,21 @@ class ADESegmentation(Dataset):
         label_dir = self.root / "annotations" / split
         for folder in (image_dir, label_dir):
             if not folder.is_dir():
-                raise DenseInputError(
+                raise DataError(
                     f"folder {folder} not found (--data {root}): an ADE20K-format root holds "
                     f"images/{split}/*.jpg and annotations/{split}/*.png, like "
                     "ADEChallengeData2016")
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if not images:
-            raise DenseInputError(f"no images (.jpg/.png) in {image_dir}; check --data")
+            raise DataError(f"no images (.jpg/.png) in {image_dir}; check --data")
         self.items = [(p, label_dir / f"{p.stem}.png") for p in images]
         missing = [lab for _, lab in self.items if not lab.is_file()]
         if missing:
-            raise DenseInputError(
+            raise DataError(
                 f"{len(missing)} of {len(images)} images in {image_dir} have no label map, e.g. "
                 f"{missing[0]} is missing; every image needs annotations/{split}/<name>.png")
         if num_classes < 1:
-            raise DenseInputError(f"--num-classes must be positive, got {num_classes}")
+            raise DataError(f"--num-classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.train = train
         self.scale = tuple(scale)
@@ -89,18 +91,18 @@ class ADESegmentation(Dataset):
             image = np.asarray(img.convert("RGB"))
         with Image.open(label_path) as lab:
             if lab.mode not in ("L", "P", "I", "I;16"):
-                raise DenseInputError(
+                raise DataError(
                     f"label map {label_path} has mode {lab.mode}; ADE20K label maps are "
                     "single-channel PNGs whose pixel values are class indices (0 = other)")
             label = np.asarray(lab).astype(np.int64)
         if label.shape != image.shape[:2]:
-            raise DenseInputError(
+            raise DataError(
                 f"label map {label_path} is {label.shape[0]}x{label.shape[1]} (height x width) "
                 f"but image {image_path} is {image.shape[0]}x{image.shape[1]}; label maps must "
                 "have the size of their image")
         top = int(label.max())
         if top > self.num_classes:
-            raise DenseInputError(
+            raise DataError(
                 f"label map {label_path} contains class {top} but --num-classes is "
                 f"{self.num_classes}; pass the data set's number of classes (150 for ADE20K)")
         # reduce zero label: 0 (other) -> ignore, 1..K -> 0..K-1
@@ -160,5 +162,5 @@ def _photometric_jitter(image: np.ndarray) -> np.ndarray:
 
 
 def _normalise(image: np.ndarray) -> torch.Tensor:
-    image = (np.asarray(image, dtype=np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    image = (np.asarray(image, dtype=np.float32) - _MEAN_255) / _STD_255
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -1,4 +1,11 @@
-"""Load GrootV weights: original release checkpoints, plain state dicts and safetensors.
+"""Model weights from files: GrootV release checkpoints, plain state dicts, safetensors.
+
+Everything that puts saved weights into a model goes through here: ``grootvl.load_checkpoint``,
+timm's ``pretrained=True`` file loading for the ``grootv_*`` models (``checkpoint_filter_fn``,
+``load_pretrained_into``), and :func:`load_weights`, the command-line flavour that turns every
+mismatch into a :class:`~grootvl.errors.UserError`. The snapshots of grootvl's own training
+engine (``grootvl.engine.snapshots``) keep their weights under ``model`` too, so they load here
+like a release file.
 
 The original release files are training snapshots, ``{"model": ..., "model_ema": ...,
 "optimizer": ..., "lr_scheduler": ..., "epoch": ..., "max_accuracy": ..., "config": ...}``,
@@ -8,6 +15,7 @@ foreign class (nothing from the file is executed), since only the weights are us
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
@@ -18,7 +26,10 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LoadResult", "checkpoint_filter_fn", "load_checkpoint", "read_state_dict"]
+from ..errors import UserError
+
+__all__ = ["LoadResult", "checkpoint_filter_fn", "load_checkpoint", "load_weights", "read_state_dict",
+           "unfitting_classifier_keys"]
 
 _MODEL_KEYS = ("model", "state_dict", "module")
 _EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
@@ -49,16 +60,8 @@ def read_state_dict(path_or_state: str | PathLike | Mapping[str, Any], use_ema: 
         weights_only: keep torch's safe unpickler (default). Pass False only for files you
             trust, if a checkpoint holds objects the placeholders cannot stand in for.
     """
-    if isinstance(path_or_state, Mapping):
-        ckpt = path_or_state
-    else:
-        path = str(path_or_state)
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            ckpt = load_file(path, device=str(map_location))
-        else:
-            ckpt = _torch_load(path, map_location, weights_only)
+    ckpt = path_or_state if isinstance(path_or_state, Mapping) else \
+        read_checkpoint_file(path_or_state, map_location, weights_only)
     if not isinstance(ckpt, Mapping):
         raise TypeError(f"a checkpoint must be a dict of tensors or a training snapshot dict, "
                         f"got {type(ckpt).__name__}")
@@ -75,6 +78,17 @@ def read_state_dict(path_or_state: str | PathLike | Mapping[str, Any], use_ema: 
         raise ValueError(f"no state dict found in the checkpoint: expected one of {_MODEL_KEYS} or a "
                          f"dict of tensors; its top-level keys are {_preview(list(ckpt))}")
     return _strip_wrappers(dict(state)), source
+
+
+def read_checkpoint_file(path: str | PathLike, map_location: str | torch.device = "cpu",
+                         weights_only: bool = True) -> Any:
+    """The whole content of a checkpoint file (``.safetensors``: its dict of tensors)."""
+    path = str(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device=str(map_location))
+    return _torch_load(path, map_location, weights_only)
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, Tensor]:
@@ -109,7 +123,7 @@ def load_checkpoint(
         ``LoadResult(missing_keys, unexpected_keys, source)``.
     """
     state, source = read_state_dict(path_or_state, use_ema, map_location, weights_only)
-    classifier = _classifier_prefix(model)
+    classifier = classifier_prefix(model)
     if reset_classifier:
         state = {k: v for k, v in state.items() if not k.startswith(classifier)}
     target = model.state_dict()
@@ -141,19 +155,55 @@ def load_pretrained_into(model: nn.Module, path: str | PathLike) -> None:
         from timm.models import adapt_input_conv
 
         state[conv] = adapt_input_conv(in_chans, state[conv])
-    target = model.state_dict()
-    classifier = _classifier_prefix(model)
-    head_differs = any(k.startswith(classifier) and (k not in target or target[k].shape != v.shape)
-                       for k, v in state.items())
-    load_checkpoint(model, state, strict=True, reset_classifier=head_differs)
+    load_checkpoint(model, state, strict=True,
+                    reset_classifier=bool(unfitting_classifier_keys(model, state)))
 
 
-# ---------------------------------------------------------------------- helpers
+def load_weights(model: nn.Module, path: str | PathLike, use_ema: bool = False,
+                 model_name: str = "the model", new_classifier: bool = False) -> list[str]:
+    """:func:`load_checkpoint` (strict, safe unpickling) for command-line tools: any problem
+    becomes a :class:`~grootvl.errors.UserError` naming the architecture the checkpoint was
+    saved from, when the file records it (``arch``, as training snapshots do).
 
-def _classifier_prefix(model: nn.Module) -> str:
+    With ``new_classifier``, a classifier whose keys or shapes do not fit ``model`` (e.g. a
+    1000-class release fine-tuned on 10 classes) is dropped and ``model`` keeps its own freshly
+    initialised one; every other key stays strict. Returns the dropped checkpoint keys.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    arch = None
+    try:
+        ckpt = read_checkpoint_file(path)
+        arch = ckpt.get("arch") if isinstance(ckpt, Mapping) else None
+        state, _ = read_state_dict(ckpt, use_ema=use_ema)
+        dropped = unfitting_classifier_keys(model, state) if new_classifier else []
+        load_checkpoint(model, state, reset_classifier=bool(dropped))
+    except (RuntimeError, ValueError, TypeError, KeyError, pickle.UnpicklingError, OSError) as exc:
+        made_for = f" (it was saved from {arch})" if isinstance(arch, str) else ""
+        raise UserError(f"checkpoint {path} does not fit {model_name}{made_for}: {exc}\n"
+                        "Pick the matching --model (and number of classes), or another "
+                        "checkpoint.") from exc
+    return dropped
+
+
+def classifier_prefix(model: nn.Module) -> str:
+    """Name prefix of ``model``'s classifier: timm's ``pretrained_cfg["classifier"]`` + ``.``."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return str(cfg.get("classifier", "head")) + "."
 
+
+def unfitting_classifier_keys(model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """All of ``state``'s classifier keys if any of them is absent from ``model`` or shaped
+    otherwise (a classifier is replaced as a whole), else none."""
+    prefix = classifier_prefix(model)
+    target = model.state_dict()
+    head = [k for k in state if k.startswith(prefix)]
+    if any(k not in target or target[k].shape != state[k].shape for k in head):
+        return head
+    return []
+
+
+# ---------------------------------------------------------------------- helpers
 
 def _strip_wrappers(state: dict[str, Any]) -> dict[str, Tensor]:
     for prefix in _WRAPPER_PREFIXES:

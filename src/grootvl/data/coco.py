@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DenseInputError
+from ..errors import DataError
 
 __all__ = ["CocoInstances", "load_coco_json", "collate_detection"]
 
 
 def load_coco_json(ann_file, require_masks: bool = True, argument: str = "--ann") -> dict:
-    """Reads and validates a COCO instances JSON; raises DenseInputError on any problem.
+    """Reads and validates a COCO instances JSON; raises DataError on any problem.
 
     Checks: the file exists and parses; ``images``/``annotations``/``categories`` are lists;
     every annotation's ``image_id`` and ``category_id`` exist in the file; boxes have four
@@ -31,21 +31,21 @@ def load_coco_json(ann_file, require_masks: bool = True, argument: str = "--ann"
     """
     path = Path(ann_file)
     if not path.is_file():
-        raise DenseInputError(
+        raise DataError(
             f"annotation file {path} not found ({argument}): pass the path of a COCO "
             f"instances JSON such as annotations/instances_val2017.json")
     try:
         with open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise DenseInputError(f"annotation file {path} is not valid JSON ({e}); "
+        raise DataError(f"annotation file {path} is not valid JSON ({e}); "
                               "pass a COCO instances JSON") from None
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise DenseInputError(f"annotation file {path} has no '{key}' list; a COCO instances "
+            raise DataError(f"annotation file {path} has no '{key}' list; a COCO instances "
                                   "JSON needs 'images', 'annotations' and 'categories'")
     if not data["categories"]:
-        raise DenseInputError(f"annotation file {path} lists no categories; add the object "
+        raise DataError(f"annotation file {path} lists no categories; add the object "
                               "classes to 'categories' as {\"id\": ..., \"name\": ...}")
     images = {img["id"]: img for img in data["images"]}
     category_ids = sorted(c["id"] for c in data["categories"])
@@ -56,7 +56,7 @@ def load_coco_json(ann_file, require_masks: bool = True, argument: str = "--ann"
             problems.append(problem)
     if problems:
         more = f" ({len(problems) - 1} more annotations have problems)" if len(problems) > 1 else ""
-        raise DenseInputError(f"annotation file {path}: {problems[0]}{more}. "
+        raise DataError(f"annotation file {path}: {problems[0]}{more}. "
                               f"Its categories are {category_ids}.")
     return data
 
@@ -118,7 +118,7 @@ class CocoInstances(Dataset):
 
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
-            raise DenseInputError(f"image folder {self.image_dir} not found ({image_argument}); "
+            raise DataError(f"image folder {self.image_dir} not found ({image_argument}); "
                                   "pass the folder holding the images named in the JSON")
         self.ann_file = os.fspath(ann_file)
         data = load_coco_json(ann_file, require_masks=True, argument=ann_argument)
@@ -135,7 +135,7 @@ class CocoInstances(Dataset):
             ids = [i for i in ids if any(self._usable(a) for a in self.coco.imgToAnns[i])]
         self.ids = ids
         if not self.ids:
-            raise DenseInputError(f"annotation file {ann_file} has no images"
+            raise DataError(f"annotation file {ann_file} has no images"
                                   + (" with objects" if train else "")
                                   + "; pass a non-empty COCO instances JSON")
 
@@ -149,7 +149,7 @@ class CocoInstances(Dataset):
                              else list(self.file_category_ids))
         missing = sorted(set(self.file_category_ids) - set(self.category_ids))
         if missing:
-            raise DenseInputError(
+            raise DataError(
                 f"annotation file {self.ann_file} has categories {missing} that the model was "
                 f"not trained on (it predicts {self.category_ids}); evaluate on data with the "
                 "training set's categories")
@@ -167,13 +167,13 @@ class CocoInstances(Dataset):
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
-            raise DenseInputError(f"image {path} (image_id {image_id} in {self.ann_file}) not "
+            raise DataError(f"image {path} (image_id {image_id} in {self.ann_file}) not "
                                   "found; check the image folder argument")
         with Image.open(path) as img:
             img = img.convert("RGB")
         height, width = info["height"], info["width"]
         if img.size != (width, height):
-            raise DenseInputError(
+            raise DataError(
                 f"image {path} is {img.height}x{img.width} (height x width) but {self.ann_file} "
                 f"says {height}x{width}; fix the 'height'/'width' of image_id {image_id}")
         image = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)

@@ -1,11 +1,16 @@
-"""Atomic checkpoint files and the "last / best / EMA-best" bookkeeping of a run.
+"""Training snapshots: atomic files, the "last / best / EMA-best" set of a run, resumption.
 
-A checkpoint is written to a temporary file in the same folder, flushed to disk and then
+(Weights from other sources -- release checkpoints, state dicts -- are read by
+``grootvl.models.weights``; a snapshot's ``model`` entry loads there too.)
+
+A snapshot is written to a temporary file in the same folder, flushed to disk and then
 renamed over the target with ``os.replace`` (atomic on POSIX and Windows), so a run killed
 at any moment leaves either the previous file or the new one, never a truncated one.
-The dict layout follows the released GrootV checkpoints (``model``, ``model_ema``,
-``optimizer``, ``lr_scheduler``, ``epoch``, ``max_accuracy``) plus what exact resumption
-needs (``scaler``, ``rng``, ``global_step``, ``config``).
+The dict layout follows the usual release checkpoints (``model``, ``model_ema``,
+``optimizer``, ``lr_scheduler``, ``epoch``) plus what exact resumption needs (``scaler``,
+``rng``, ``global_step``), the run's ``config``, its ``task``, the best value of the task's
+primary metric (``best_metric``, ``best_ema_metric``) and the task's own entries (e.g.
+``arch`` and ``classes`` for classification).
 """
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 LAST = "last.pth"
 BEST = "best.pth"
 EMA_BEST = "ema_best.pth"
+# the entries that hold state rather than describe the run
+_STATE_KEYS = ("model", "model_ema", "optimizer", "lr_scheduler", "scaler", "rng")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -40,8 +47,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by this engine on CPU (torch's safe ``weights_only`` loader),
+def load_snapshot(path: str | os.PathLike) -> dict:
+    """Load a snapshot written by this engine on CPU (torch's safe ``weights_only`` loader),
     with a clear error for missing or corrupt files."""
     path = Path(path)
     if not path.is_file():
@@ -55,8 +62,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
     return obj
 
 
-def read_checkpoint_meta(path: str | os.PathLike) -> dict:
-    """The non-tensor entries of a checkpoint (``arch``, ``classes``, ``config``, ``epoch``...).
+def read_snapshot_meta(path: str | os.PathLike) -> dict:
+    """The metadata entries of a snapshot (``task``, ``config``, ``epoch``, the task's own...).
 
     Tensors are memory-mapped, not read. Checkpoints that pickle foreign objects (e.g. the
     original release's config objects) give ``{}``: they carry no metadata we use.
@@ -70,7 +77,8 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(obj, dict):
         return {}
-    return {k: v for k, v in obj.items() if k in ("arch", "classes", "config", "epoch", "max_accuracy")}
+    return {k: v for k, v in obj.items()
+            if k not in _STATE_KEYS and not isinstance(v, torch.Tensor)}
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -84,7 +92,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-class CheckpointManager:
+class SnapshotManager:
     """Writes ``last.pth`` every epoch and ``best.pth`` / ``ema_best.pth`` on improvement.
 
     Only call the ``save_*`` methods on the main process. ``best.pth`` and
