@@ -8,7 +8,9 @@ weights (nothing is downloaded), float32.
 
 * inference: one forward pass per model under ``torch.inference_mode``;
 * train: one training step per model (forward, cross-entropy, backward, AdamW step), models
-  in train mode with their default drop-path rates;
+  in train mode with their default drop-path rates; "grootv_tiny plain" is GrootV-T with
+  ``lean_backward`` off (plain autograd through the Tree SSM and MLP: the path before the
+  memory-lean ops, same numbers);
 * saved: the bytes autograd keeps for backward during one training forward pass, counted with
   ``torch.autograd.graph.saved_tensors_hooks`` over unique storages (weights and the input
   images included, for every model alike). This decides the batch that fits in memory;
@@ -43,6 +45,9 @@ BASELINE = "convnext_tiny"
 MODELS = {  # label: (timm name, kwargs)
     "grootv_tiny": ("grootv_tiny", {}),
     "grootv_tiny stage": ("grootv_tiny", {"tree_sharing": "stage"}),
+    # the same model with lean_backward off: plain autograd keeps every intermediate (how
+    # GrootV trained before the memory-lean ops; same numbers)
+    "grootv_tiny plain": ("grootv_tiny", {}),
     "convnext_tiny": ("convnext_tiny", {}),
     "mambaout_tiny": ("mambaout_tiny", {}),
     "swin_tiny": ("swin_tiny_patch4_window7_224", {}),
@@ -56,7 +61,12 @@ def create(label: str, size: int) -> torch.nn.Module:
     name, kwargs = MODELS[label]
     if name.startswith("swin"):
         kwargs = dict(kwargs, img_size=size)
-    return timm.create_model(name, **kwargs)
+    model = timm.create_model(name, **kwargs)
+    if label.endswith(" plain"):
+        for module in model.modules():
+            if hasattr(module, "lean_backward"):
+                module.lean_backward = False
+    return model
 
 
 # ----------------------------------------------------------------------------- timing

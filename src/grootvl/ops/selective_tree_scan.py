@@ -131,28 +131,28 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, y
     wx, wdt, bdt, a_log_c, skip_c, hw, hb, ow, ob = (t.to(compute) for t in params)
     D, R = wdt.shape
     trees = list(zip(orders, parents, level_offsets))
+    # Both products with the output projection's weight come first and last: the numba
+    # stages between them run back to back, without torch's thread pool waking in between.
     with torch.no_grad(), autocast_off(conv_out.device):
+        grad_gated = (grad_out.to(proj_dtype) @ out_proj_weight.to(proj_dtype)).to(compute)
         pre = conv_out.to(compute)
         a = -torch.exp(a_log_c)
-        xs, _, u, decay = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=x_dbl, impl=impl)
         h = ys[0] if len(trees) == 1 else ys.sum(0)
-        w_out = out_proj_weight.to(proj_dtype)
-        grad_gated = (grad_out.to(proj_dtype) @ w_out).to(compute)
+        xs, _, u, decay = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=x_dbl, impl=impl)
         grad_x_dbl = torch.empty_like(x_dbl)
+        # numba: the recomputed gated output is written into grad_gated's memory
         gated, grad_h, grad_xs, grad_z, *norm_grads = output_backward(
             grad_gated, h, x_dbl, xs, z.to(compute), skip_c, (hw, hb, h_eps), (ow, ob, out_eps),
             grad_x_dbl, impl=impl)
         del grad_gated, h
-        rows = grad_out.reshape(-1, grad_out.shape[-1]).to(proj_dtype)
-        grad_out_proj = rows.T @ gated.to(proj_dtype).reshape(-1, D)
-        del gated
         grad_u, grad_decay = _scan_grads(grad_h, u, decay, ys, trees, mode, scan_impl)
         del u, grad_h
         grad_wdt, grad_bdt, grad_a = discretize_backward(
             grad_u, grad_decay, decay, x_dbl, wdt, bdt, xs, a, grad_xs, grad_x_dbl, impl=impl)
-        del grad_u, grad_decay, decay
-        del xs
+        del grad_u, grad_decay, decay, xs
         grad_conv, grad_wx = silu_input_backward(grad_xs, grad_x_dbl, wx, pre, impl=impl)
+        rows = grad_out.reshape(-1, grad_out.shape[-1]).to(proj_dtype)
+        grad_out_proj = rows.T @ gated.to(proj_dtype).reshape(-1, D)
     grads = (grad_conv, grad_z, grad_wx, grad_wdt, grad_bdt, grad_a * a, *norm_grads,
              grad_out_proj)
     inputs = (conv_out, z, *params, out_proj_weight)
