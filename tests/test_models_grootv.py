@@ -214,6 +214,33 @@ def test_lean_training_gives_the_gradients_of_the_plain_autograd_path(tree_shari
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
+def test_lean_training_keeps_less_than_half_the_activations_for_backward():
+    """Bytes autograd saves (unique storages, parameters excluded), lean vs plain."""
+    torch.manual_seed(8)
+    model = GrootV(**TINY).train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    x = torch.randn(2, 3, 64, 64)
+
+    def saved_bytes() -> int:
+        seen = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+        return sum(seen.values())
+
+    lean = saved_bytes()
+    for m in model.modules():
+        if hasattr(m, "lean_backward"):
+            m.lean_backward = False
+    assert lean < 0.5 * saved_bytes()
+
+
 def test_stage_tree_sharing_reuses_the_first_block_tree(monkeypatch):
     import grootvl.layers.tree_ssm as module
 
