@@ -90,7 +90,8 @@ def interleaved(steps: dict, rounds: int, warmup: int = 1
 
 def report(title: str, wall: dict, cpu: dict, baseline: str, target_key: str | None) -> dict:
     """Print medians and ratios to the baseline; returns {label: median per-round ratio}."""
-    print(f"\n{title}")
+    if title:
+        print(f"\n{title}")
     med = {k: statistics.median(v) for k, v in wall.items()}
     ratios = {}
     for name, values in wall.items():
@@ -243,12 +244,21 @@ def grootl_section(rounds: int) -> None:
                 model(ids, **kwargs)
         return step
 
-    wall, cpu = interleaved({"mamba": forward(mamba),
-                             "grootl": forward(grootl, context_length=context)}, rounds)
-    ratios = report(f"GrootL vs stock Mamba forward (batch {batch}, sequence {seq}, hidden "
-                    f"{hidden}, 2 layers, state 16, context {context}):", wall, cpu, "mamba",
-                    None)
-    verdict("grootl / mamba", ratios["grootl"], GROOTL_TARGET)
+    # transformers' Mamba takes a different CPU path with a cache (the default: use_cache
+    # from the config) than without one; both are timed
+    steps = {}
+    for cache in (False, True):
+        steps[f"mamba, cache {cache}"] = forward(mamba, use_cache=cache)
+        steps[f"grootl, cache {cache}"] = forward(grootl, use_cache=cache, context_length=context)
+    wall, cpu = interleaved(steps, rounds)
+    title = (f"GrootL vs stock Mamba forward (batch {batch}, sequence {seq}, hidden {hidden}, "
+             f"2 layers, state 16, context {context}), use_cache False / True:")
+    print(f"\n{title}")
+    for cache in (False, True):
+        pair = {k: v for k, v in wall.items() if k.endswith(str(cache))}
+        ratios = report("", pair, {k: cpu[k] for k in pair}, f"mamba, cache {cache}", None)
+        verdict(f"grootl / mamba, use_cache={cache}", ratios[f"grootl, cache {cache}"],
+                GROOTL_TARGET)
 
 
 # ----------------------------------------------------------------------------- breakdown
