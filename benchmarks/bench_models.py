@@ -14,9 +14,10 @@ weights (nothing is downloaded), float32.
 * saved: the bytes autograd keeps for backward during one training forward pass, counted with
   ``torch.autograd.graph.saved_tensors_hooks`` over unique storages (weights and the input
   images included, for every model alike). This decides the batch that fits in memory;
-* peak: the peak resident memory of one training step above the memory the process held
-  before it (model, optimizer and batch already built; gradients and AdamW state are created
-  within the step), each model in a fresh subprocess, read from /proc (Linux only);
+* peak: the peak resident memory of a training step above the memory the process held
+  before it (the second step, in a fresh subprocess per model; glibc told to return large
+  freed blocks to the OS at once, so that resident memory follows the memory in use), read
+  from /proc (Linux only);
 * grootl: a GrootL forward (chain + tree scan, context 256) against the stock transformers
   Mamba forward it modifies (batch 4, sequence 512, hidden 256);
 * breakdown: where GrootV-T's inference time goes (tree construction, tree scans, the rest).
@@ -186,12 +187,19 @@ def _memory_kib(field: str) -> int:
 
 
 def peak_child(label: str, batch: int, size: int) -> None:
-    """In a fresh process: peak RSS of one training step above the RSS before it."""
+    """In a fresh process: peak RSS of a training step above the RSS before it."""
+    import ctypes
+
+    # Blocks of 64 KiB and more get their own mappings, returned to the OS when freed (glibc
+    # otherwise keeps freed blocks of up to 32 MiB in its heap, and the RSS would not follow
+    # the memory in use).
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     torch.manual_seed(0)
     model = create(label, size)
     x = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, 1000, (batch,))
     step = training_step(model, x, labels)
+    step()  # AdamW state now exists; kernels are compiled or loaded
     gc.collect()
     before = _memory_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -201,11 +209,11 @@ def peak_child(label: str, batch: int, size: int) -> None:
 
 
 def peak_section(args, labels: list[str]) -> None:
-    print("\nPeak resident memory of one training step above the process's memory before it "
-          "(fresh process per model; includes gradients and AdamW state, which are created in "
-          "the step):")
+    print("\nPeak resident memory of a training step above the process's memory before it "
+          "(second step in a fresh process per model, large blocks returned to the OS when "
+          "freed; gradients, released by zero_grad, are recreated within the step):")
     if not os.path.exists("/proc/self/clear_refs"):
-        print("  not measurable here (needs Linux /proc)")
+        print("  not measurable here (needs Linux /proc and glibc)")
         return
     peaks = {}
     for label in labels:
