@@ -1,6 +1,7 @@
 """``selective_tree_scan``: the core of a Tree SSM layer as one memory-lean differentiable op.
 
-From the depthwise convolution's output to the output projection (DESIGN.md §4):
+From the depthwise convolution's output to the output projection (docs/design.md, "The
+TreeSSM layer"):
 
     xs = silu(conv_out);  [dt, b, c] = xs W_xᵀ;  Δ = softplus(dt W_Δᵀ + b_Δ)
     u = Δ · b · xs;  decay = exp(Δ · a), a = -exp(A_log)
@@ -36,10 +37,6 @@ from .tree import Tree, autocast_dtype, autocast_off
 from .tree_scan import MODES, _backend, default_impl
 
 __all__ = ["selective_tree_scan"]
-
-_PARAMS = ("x_proj_weight", "dt_weight", "dt_bias", "a_log", "skip", "h_norm_weight",
-           "h_norm_bias", "out_norm_weight", "out_norm_bias", "out_proj_weight")
-
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
