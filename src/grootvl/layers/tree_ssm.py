@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..ops import Tree, grid_chain, grid_tree, random_grid_tree, tree_scan
 from ..ops.selective_tree_scan import selective_tree_scan
-from ..ops.ssm_elementwise import discretize, ssm_output
+from ..ops.ssm_elementwise import discretize, silu_project_discretize, ssm_output
 from ..ops.tree import GRID_COSTS, autocast_off
 
 __all__ = ["ROOTS", "TOPOLOGIES", "TREE_COSTS", "Trees", "TreeSSM"]
@@ -231,12 +231,9 @@ class TreeSSM(nn.Module):
         z = F.linear(x, weight[self.d_inner:])  # the gate; its silu is applied in ssm_output
         if torch.is_grad_enabled() and self.lean_backward:
             return self._lean_forward(x_in, z, tree)
-        # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
-        # temporary is a fresh allocation (and page faults) otherwise, which costs about
-        # as much as the element-wise op itself on CPU.
-        xs = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
         # conv kept channels-last; x_in is dead now and may hold u
-        y, tree = self._scan_path(xs.permute(0, 2, 3, 1), z, tree, spare=x_in)
+        conv = self.conv2d(x_in.permute(0, 3, 1, 2))
+        y, tree = self._scan_path(conv.permute(0, 2, 3, 1), z, tree, spare=x_in)
         return self.out_proj(y), tree
 
     def _lean_forward(self, x_in: Tensor, z: Tensor, tree: Trees | None
@@ -259,29 +256,44 @@ class TreeSSM(nn.Module):
             self._check_trees(tree), mode=self.scan_mode, scan_impl=self.scan_impl)
         return out.view(batch, height, width, self.d_model), tree
 
-    def _scan_path(self, xs: Tensor, z: Tensor, tree: Trees | None, spare: Tensor
+    def _scan_path(self, conv: Tensor, z: Tensor, tree: Trees | None, spare: Tensor
                    ) -> tuple[Tensor, Trees]:
-        """The selective scan over the tree(s), in float32, gated by z: (B, H, W, D) -> same.
+        """SiLU of the convolution output ``conv``, then the selective scan over the tree(s),
+        in float32, gated by z: (B, H, W, D) -> same.
 
         ``spare``: a dead (B, H, W, D) temporary that the CPU inference path writes u into.
         """
-        batch, height, width, d_inner = xs.shape
-        compute = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        batch, height, width, d_inner = conv.shape
+        compute = torch.float64 if conv.dtype == torch.float64 else torch.float32
         # Inference on the CPU runs the element-wise stages as fused numba kernels; not while
         # tracing (grootvl.flops counts the norms of the traced graph) or compiling.
-        fused = (not torch.is_grad_enabled() and xs.device.type == "cpu"
+        fused = (not torch.is_grad_enabled() and conv.device.type == "cpu"
                  and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
         impl = "numba" if fused else "torch"
-        with autocast_off(xs.device):
-            # (B, L, D); a view when the convolution kept channels-last memory format
-            xs = xs.to(compute).reshape(batch, height * width, d_inner)
-            x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
-            dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
+        # temporary is a fresh allocation (and page faults) otherwise, which costs about
+        # as much as the element-wise op itself on CPU.
+        in_place = not torch.is_grad_enabled()
+        with autocast_off(conv.device):
             a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
+            dt_weight = self.dt_projs_weight[0].to(compute)
+            dt_bias = self.dt_projs_bias[0].to(compute)
+            x_proj = self.x_proj_weight[0].to(compute)
             reuse = fused and spare.dtype == compute and spare.is_contiguous()
-            u, decay = discretize(dt, self.dt_projs_weight[0].to(compute),
-                                  self.dt_projs_bias[0].to(compute), xs, b_in, a, impl=impl,
-                                  u_out=spare.view(xs.shape) if reuse else None)
+            u_out = spare.view(batch, height * width, d_inner) if reuse else None
+            if fused and conv.dtype == compute and conv.is_contiguous():
+                # silu (in place), x_proj and the discretisation in one pass per row
+                conv = conv.reshape(batch, height * width, d_inner)
+                xs, x_dbl, u, decay = silu_project_discretize(
+                    conv, x_proj, dt_weight, dt_bias, a, impl="numba", x_out=conv, u_out=u_out)
+            else:
+                # (B, L, D); a view when the convolution kept channels-last memory format
+                xs = F.silu(conv, inplace=in_place).to(compute)
+                xs = xs.reshape(batch, height * width, d_inner)
+                x_dbl = F.linear(xs, x_proj)  # (B, L, R + 2N)
+                u, decay = discretize(x_dbl[..., :self.dt_rank], dt_weight, dt_bias, xs,
+                                      x_dbl[..., self.dt_rank:-1], a, impl=impl, u_out=u_out)
+            c_out = x_dbl[..., -1:]
             if tree is None:
                 tree = self.build_trees(xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2))
             # u and decay are this layer's temporaries: the scan may work in their memory

@@ -96,15 +96,24 @@ def _silu_project_row(pre, proj, x, x_dbl, project):
             x_dbl[j] = total
 
 
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _copy_row(src, dst):
+    for k in range(src.shape[0]):
+        dst[k] = src[k]
+
+
 @njit(cache=True, error_model="numpy")
 def _silu_project_discretize_chunk(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project,
                                    r0, r1):
+    # x is staged in a scratch row and written last: x may be pre's memory (in place)
     R = weight_t.shape[0]
     delta = np.empty(x.shape[1], x.dtype)
+    x_row = np.empty(x.shape[1], x.dtype)
     for i in range(r0, r1):
-        _silu_project_row(pre[i], proj, x[i], x_dbl[i], project)
-        _discretize_row(x_dbl[i, :R], weight_t, bias, x[i], x_dbl[i, R], a, u[i], decay[i],
+        _silu_project_row(pre[i], proj, x_row, x_dbl[i], project)
+        _discretize_row(x_dbl[i, :R], weight_t, bias, x_row, x_dbl[i, R], a, u[i], decay[i],
                         delta)
+        _copy_row(x_row, x[i])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -244,7 +253,8 @@ def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Ten
 
 def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
                             dt_bias: Tensor, a: Tensor, x_dbl: Tensor | None = None,
-                            impl: str = "torch") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                            impl: str = "torch", x_out: Tensor | None = None,
+                            u_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """x = silu(pre), x_dbl = x @ proj_weight.T = [dt (R), b, c], then ``discretize``.
 
     Args:
@@ -253,6 +263,8 @@ def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
         x_dbl: (..., R + 2) x_proj's output when already known (backward recomputes only
             x, u and decay); None computes it.
         impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU, one pass per row).
+        x_out, u_out: where ``impl="numba"`` writes x and u (x_out may be ``pre`` itself);
+            new tensors if None (see ``discretize`` on why reusing dead buffers pays).
 
     Returns:
         (x, x_dbl, u, decay).
@@ -274,7 +286,9 @@ def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
     project = x_dbl is None
     if project:
         x_dbl = torch.empty((*pre.shape[:-1], R + 2), dtype=pre.dtype)
-    x, u, decay = (torch.empty(pre.shape, dtype=pre.dtype) for _ in range(3))
+    x = torch.empty(pre.shape, dtype=pre.dtype) if x_out is None else x_out
+    u = torch.empty(pre.shape, dtype=pre.dtype) if u_out is None else u_out
+    decay = torch.empty(pre.shape, dtype=pre.dtype)
     x_dbl_rows = _rows(x_dbl, R + 2, "x_dbl") if project else _numpy(x_dbl.reshape(-1, R + 2))[0]
     _silu_project_discretize_rows(*_numpy(pre.reshape(-1, D), proj_weight, dt_weight.t(),
                                           dt_bias, a),
