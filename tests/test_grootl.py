@@ -210,3 +210,48 @@ def test_bad_arguments_are_rejected(stock):
         enable_tree_scanning(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="batch size"):
         text_tree(torch.randn(2, 5, 3), context_length=[3, 3, 3])
+
+
+# ------------------------------------------------------------- context_length validation
+
+BAD_CONTEXTS = [  # (value for a batch of 2 rows of 8 tokens, exception, message fragment)
+    ([1, 2, 2], ValueError, "3 entries but the batch size is 2"),  # small values: no tree
+    ([5, 5, 5], ValueError, "3 entries but the batch size is 2"),
+    ([4], ValueError, "1 entries but the batch size is 2"),
+    (torch.tensor([4]), ValueError, "1 entries but the batch size is 2"),
+    (3.5, TypeError, "got 3.5 (float)"),
+    (-5, ValueError, "context_length -5 is out of range: it must lie in [0, 8]"),
+    (1000, ValueError, "context_length 1000 is out of range: it must lie in [0, 8]"),
+    ([3, 99], ValueError, "context_length 99 is out of range"),
+    ([2, None], TypeError, "entry None is a NoneType"),
+    ("3", TypeError, "got '3' (str)"),
+    (True, TypeError, "got True (bool)"),
+    (torch.tensor([2.5, 3.0]), TypeError, "torch.float32 tensor"),
+    (torch.tensor([[2, 3]]), TypeError, "shape (1, 2)"),
+]
+
+
+@pytest.mark.parametrize("value, error, fragment", BAD_CONTEXTS,
+                         ids=[repr(v) for v, _, _ in BAD_CONTEXTS])
+def test_bad_context_length_is_an_error_not_clamped(grootl, value, error, fragment):
+    ids = tokens(2, 8)
+    for call in (lambda: text_tree(torch.randn(2, 8, 3), context_length=value),
+                 lambda: grootl(ids, context_length=value)):
+        with pytest.raises(error, match="context_length") as info:
+            call()
+        assert fragment in str(info.value)
+        assert "0, 8" in str(info.value) or "batch size" in str(info.value)
+    with pytest.raises(error, match="context_length"):
+        grootl.generate(ids, max_new_tokens=1, do_sample=False, context_length=value)
+
+
+def test_context_length_edges_are_valid(grootl):
+    ids = tokens(2, 8)
+    with torch.no_grad():
+        whole = grootl(ids, context_length=8).logits
+        per_row = grootl(ids, context_length=[8, torch.tensor(8).item()]).logits
+        tensor_scalar = grootl(ids, context_length=torch.tensor(8)).logits
+        none = grootl(ids, context_length=0).logits
+    torch.testing.assert_close(per_row, whole, rtol=0, atol=0)
+    torch.testing.assert_close(tensor_scalar, whole, rtol=0, atol=0)
+    assert torch.isfinite(none).all()

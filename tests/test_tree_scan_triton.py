@@ -91,6 +91,25 @@ def _worker() -> dict:
                     "grad_x": _max_err(gx, gx_ref), "grad_decay": _max_err(gd, gd_ref),
                     "scale": max(y_ref.abs().max().item(), gd_ref.abs().max().item())}
 
+    # Any finite decay (zeros, negatives, values above 1): the recurrences need no range, and
+    # the dense oracle builds S from products of decays, so both must agree there too.
+    tree, C, config = cases["random"]
+    args = (tree.order, tree.parent, tree.level_offsets)
+    B, L = tree.order.shape
+    x = torch.randn(B, L, C, generator=gen, dtype=torch.float64)
+    decay = 3 * torch.rand(B, L, C, generator=gen, dtype=torch.float64) - 1.5
+    decay.view(-1)[::4] = 0.0
+    g = torch.randn(B, L, C, generator=gen, dtype=torch.float64)
+    for mode in ("full", "subtree"):
+        y_ref, up_ref = scan_reference.scan_forward(x, decay, *args, mode)
+        gx_ref, gd_ref = scan_reference.scan_backward(g, decay, *args, up_ref, y_ref, mode)
+        y, up = scan_triton.scan_forward(x, decay, *args, mode, **config)
+        gx, gd = scan_triton.scan_backward(g, decay, *args, up, y, mode, **config)
+        out[f"any_decay/{mode}"] = {
+            "y": _max_err(y, y_ref), "up": _max_err(up, up_ref), "grad_x": _max_err(gx, gx_ref),
+            "grad_decay": _max_err(gd, gd_ref),
+            "scale": max(y_ref.abs().max().item(), gd_ref.abs().max().item())}
+
     # bf16 in: the backend reads bf16 and accumulates in float32 (compare with the exact scan
     # of the bf16-rounded inputs; bf16 accumulation would be ~1e-2 off).
     tree, C, config = cases["grid"]
@@ -230,6 +249,13 @@ def test_forward_and_gradients_match_dense_oracle(results, case, mode, dtype):
     assert r["dtype"] == dtype
     for key in ("y", "up", "grad_x", "grad_decay"):
         assert r[key] < tol, (key, r)
+
+
+@pytest.mark.parametrize("mode", ["full", "subtree"])
+def test_any_finite_decay_matches_dense_oracle(results, mode):
+    r = results[f"any_decay/{mode}"]
+    for key in ("y", "up", "grad_x", "grad_decay"):
+        assert r[key] < 1e-10 * max(1.0, r["scale"]), (key, r)
 
 
 def test_bf16_inputs_accumulate_in_float32(results):

@@ -26,6 +26,7 @@ from transformers.models.mamba.modeling_mamba import (
 )
 
 from ..ops import Tree, text_tree, tree_scan
+from ..ops.text_tree import context_lengths
 
 try:  # fire accelerate offload hooks of children whose weights we use directly, as transformers does
     from transformers.integrations.accelerate import force_accelerate_hooks
@@ -47,6 +48,25 @@ class GrootLState:
     scan_impl: str | None = None
     tree_impl: str | None = None
     chain_trees: dict = field(default_factory=dict, repr=False)
+    _checked: tuple | None = field(default=None, repr=False)
+
+    def context_lengths(self, batch: int, num_tokens: int, device: torch.device
+                        ) -> tuple[Tensor | None, bool]:
+        """(the validated (B,) context lengths or None, whether any row has a context tree).
+
+        Checked once per forward (``text_tree.context_lengths``: a clear error for a value
+        out of [0, L], a non-integer or a per-row list of another length than the batch,
+        whatever ``tree_scale`` is); every layer reuses the result.
+        """
+        if self.context_length is None:
+            return None, False
+        key = (batch, num_tokens, str(device))
+        if self._checked is None or self._checked[0] != key or self._checked[1] is not self.context_length:
+            lengths = context_lengths(self.context_length, batch, num_tokens, device)
+            # a context of 0..2 tokens is a chain: no skip edges
+            has_tree = bool(lengths.numel()) and int(lengths.max()) > 2
+            self._checked = (key, self.context_length, lengths, has_tree)
+        return self._checked[2], self._checked[3]
 
 
 def chain_tree(batch: int, num_tokens: int, device: torch.device) -> Tree:
@@ -56,17 +76,6 @@ def chain_tree(batch: int, num_tokens: int, device: torch.device) -> Tree:
     parent[-1] = -1
     level_offsets = torch.arange(num_tokens + 1, device=device).expand(batch, num_tokens + 1)
     return Tree(order.contiguous(), parent.expand(batch, num_tokens).contiguous(), level_offsets.contiguous())
-
-
-def _has_context_tree(context_length: int | Tensor | None) -> bool:
-    """Whether any row has a context with skip edges (a context of 0..2 tokens is a chain)."""
-    if context_length is None:
-        return False
-    if isinstance(context_length, Tensor):
-        return context_length.numel() > 0 and int(context_length.max()) > 2
-    if isinstance(context_length, int):
-        return context_length > 2
-    return max(int(v) for v in context_length) > 2
 
 
 class GrootLMambaMixer(MambaMixer):
@@ -134,13 +143,13 @@ class GrootLMambaMixer(MambaMixer):
         child_decay = child_decay.reshape(batch, num_tokens, channels * states)
         impl = self._grootl.scan_impl
         chain = tree_scan(x_flat, child_decay, self._chain(batch, num_tokens, x.device), mode="subtree", impl=impl)
-        context_length = self._grootl.context_length
+        lengths, has_tree = self._grootl.context_lengths(batch, num_tokens, x.device)
         if scale == 0.0:
             out = chain
-        elif not _has_context_tree(context_length):
+        elif not has_tree:
             out = chain * (1.0 + scale)  # no context: the text tree is the chain itself
         else:
-            tree = text_tree(x_flat, context_length, attention_mask=attention_mask, impl=self._grootl.tree_impl)
+            tree = text_tree(x_flat, lengths, attention_mask=attention_mask, impl=self._grootl.tree_impl)
             out = chain + scale * tree_scan(x_flat, child_decay, tree, mode="subtree", impl=impl)
         return out.view(batch, num_tokens, channels, states)
 

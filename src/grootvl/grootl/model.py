@@ -43,9 +43,11 @@ class GrootLMambaForCausalLM(MambaForCausalLM):
 
     Extra keyword of ``forward`` and ``generate``: ``context_length`` (int, or one int per
     row): the number of leading tokens that form the context (prompt), inside which the text
-    tree may link non-adjacent tokens. Without it, ``forward`` takes it from ``labels`` (the
-    leading -100 positions, minimum over the batch) and otherwise treats the whole sequence as
-    continuation (the chain); ``generate`` uses the prompt length.
+    tree may link non-adjacent tokens; each in [0, sequence length] (anything else, e.g. a
+    float or a list of another length than the batch, is an error, never clamped). Without
+    it, ``forward`` takes it from ``labels`` (the leading -100 positions, minimum over the
+    batch) and otherwise treats the whole sequence as continuation (the chain); ``generate``
+    uses the prompt length.
     """
 
     _grootl: GrootLState

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import Tree, grid_chain, grid_tree, random_grid_tree, tree_scan
+from ..ops.arguments import check_int, check_real, is_int
 from ..ops.selective_tree_scan import selective_tree_scan
 from ..ops.ssm_elementwise import discretize, silu_project_discretize, ssm_output
 from ..ops.tree import GRID_COSTS, autocast_off
@@ -108,8 +109,18 @@ class TreeSSM(nn.Module):
                 f"d_state={d_state} is not supported: the GrootV output y = C·h has one state "
                 "per channel; use d_state=1"
             )
-        if d_conv < 1 or d_conv % 2 == 0:
-            raise ValueError(f"d_conv must be an odd kernel size >= 1, got {d_conv}")
+        if not is_int(d_conv) or d_conv < 1 or d_conv % 2 == 0:
+            raise ValueError(f"d_conv must be an odd kernel size >= 1, got {d_conv!r}")
+        check_int("d_model", d_model, 1)
+        check_real("expand", expand, 0, low_open=True)
+        if int(expand * d_model) < 1:
+            raise ValueError(f"expand={expand!r} gives the {d_model}-channel layer no inner "
+                             "channel; use a larger expand")
+        if dt_rank is not None:
+            check_int("dt_rank", dt_rank, 1)
+        check_real("dt_min", dt_min, 0, low_open=True)
+        check_real("dt_max", dt_max, dt_min, note=" (at least dt_min)")
+        check_real("dt_init_floor", dt_init_floor, 0)
         for arg, value, allowed in (("topology", topology, TOPOLOGIES), ("root", root, ROOTS),
                                     ("tree_cost", tree_cost, TREE_COSTS)):
             if value not in allowed:

@@ -23,6 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
 
 from ..layers import GeluMlp, TreeSSM, Trees
+from ..ops.arguments import check_int, check_real, is_int
 from .weights import checkpoint_filter_fn, load_pretrained_into
 
 __all__ = ["GrootV", "grootv_tiny", "grootv_small", "grootv_base"]
@@ -61,6 +62,13 @@ class Stem(nn.Module):
         self.norm2 = nn.Sequential(Permute(0, 2, 3, 1), _layer_norm(out_chans))
 
     def forward(self, x: Tensor) -> Tensor:
+        in_chans = self.conv1.in_channels
+        if x.dim() != 4 or x.shape[1] != in_chans or x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"GrootV expects images of shape (B, C, H, W) with C = in_chans = "
+                             f"{in_chans} channels and H, W >= 1, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"GrootV expects a floating-point image tensor, got {x.dtype}; "
+                            "convert it with x.float()")
         # channels-last convolutions: the LayerNorms then see contiguous (B, H, W, C) views
         # instead of copying the (large, full-resolution) activations into that layout
         x = x.contiguous(memory_format=torch.channels_last)
@@ -128,6 +136,31 @@ class GrootVStage(nn.Module):
         return self.norm(x)
 
 
+def _check_arguments(channels, depths, num_classes, in_chans, mlp_ratio, drop_rate,
+                     drop_path_rate, head_scale) -> tuple[int, ...]:
+    """ValueError naming the first unusable constructor argument; the depths as a tuple."""
+    if not is_int(channels) or channels < 2 or channels % 2:
+        raise ValueError(f"channels must be an even int >= 2 (the stages have C, 2C, 4C, 8C "
+                         f"channels), got {channels!r}")
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, Sequence) or not depths \
+            or not all(is_int(d) and d >= 1 for d in depths):
+        raise ValueError(f"depths must be a non-empty sequence of ints >= 1 (blocks per stage, "
+                         f"e.g. (2, 2, 9, 2)), got {depths!r}")
+    check_int("num_classes", num_classes, 0, " (0: no classifier)")
+    check_int("in_chans", in_chans, 1, " (input image channels)")
+    check_real("mlp_ratio", mlp_ratio, 0, low_open=True)
+    check_real("drop_rate", drop_rate, 0, 1, high_open=True)
+    check_real("drop_path_rate", drop_path_rate, 0, 1, high_open=True)
+    check_real("head_scale", head_scale, 0, low_open=True)
+    if int(channels * mlp_ratio) < 1:
+        raise ValueError(f"mlp_ratio={mlp_ratio!r} gives the MLP of the {channels}-channel "
+                         "stage no hidden unit; use a larger mlp_ratio")
+    if int(channels * 2 ** (len(depths) - 1) * head_scale) < 1:
+        raise ValueError(f"head_scale={head_scale!r} gives the head convolution no output "
+                         "channel; use a larger head_scale")
+    return tuple(int(d) for d in depths)
+
+
 class GrootV(nn.Module):
     """GrootV image backbone/classifier: tree-topology SSM blocks in four stages.
 
@@ -178,10 +211,9 @@ class GrootV(nn.Module):
             raise ValueError(f"tree_sharing must be one of {TREE_SHARING}, got {tree_sharing!r}")
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
-        if channels < 2 or channels % 2:
-            raise ValueError(f"channels must be an even number >= 2, got {channels}")
+        self.depths = _check_arguments(channels, depths, num_classes, in_chans, mlp_ratio,
+                                       drop_rate, drop_path_rate, head_scale)
         self.channels = channels
-        self.depths = tuple(depths)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate

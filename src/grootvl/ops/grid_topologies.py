@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .arguments import check_int
 from .mst import check_impl
 from .tree import Tree, _fake_tree, check_root, grid_mst_impl
 
@@ -28,13 +29,11 @@ CHAIN_MAJORS = ("row", "column")
 
 def _check_size(**sizes: int) -> None:
     for arg, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+        check_int(arg, value, 1)
 
 
 def _check_batch(batch: int) -> None:
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
-        raise ValueError(f"batch must be an int >= 0, got {batch!r}")
+    check_int("batch", batch, 0)
 
 
 def _chain_sequence(height: int, width: int, major: str, device: torch.device) -> Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .arguments import is_int
 from .mst import minimum_spanning_tree
 from .tree import Tree, bfs_tree
 
@@ -35,7 +36,9 @@ def text_edges(num_tokens: int, context_length: int, device: torch.device | str 
     """
     if not isinstance(num_tokens, int) or isinstance(num_tokens, bool) or num_tokens < 1:
         raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
-    context_length = max(0, min(int(context_length), num_tokens))
+    if not is_int(context_length) or not 0 <= context_length <= num_tokens:
+        raise ValueError(f"context_length must be an int in [0, {num_tokens}] (num_tokens), "
+                         f"got {context_length!r}")
     groups = [torch.stack([torch.arange(num_tokens - 1), torch.arange(1, num_tokens)], dim=1)]
     for skip in (2, 3):
         count = max(context_length - skip, 0)
@@ -44,26 +47,51 @@ def text_edges(num_tokens: int, context_length: int, device: torch.device | str 
     return torch.cat(groups, dim=0).to(device)
 
 
-def _per_row_context(context_length, batch: int, num_tokens: int, device: torch.device) -> Tensor:
+def context_lengths(context_length, batch: int, num_tokens: int,
+                    device: torch.device | str | None = None) -> Tensor:
+    """``context_length`` as a validated (B,) LongTensor: one context length per row.
+
+    Accepts an int (the whole batch), or one int per row (a list/tuple of ints or a 1-D
+    integer tensor of exactly ``batch`` entries; a 0-d integer tensor counts as one int).
+    Every value must lie in [0, num_tokens]. Anything else is a TypeError/ValueError naming
+    ``context_length``, the value, what is allowed and the fix; nothing is clamped. One host
+    sync for a tensor (its range check).
+    """
+    allowed = f"an int in [0, {num_tokens}] (the sequence length) for the whole batch or one per row"
     if isinstance(context_length, Tensor):
+        if context_length.dtype == torch.bool or context_length.is_floating_point() \
+                or context_length.is_complex() or context_length.dim() > 1:
+            raise TypeError(
+                f"context_length must be {allowed}; got a {context_length.dtype} tensor of shape "
+                f"{tuple(context_length.shape)}: pass a 1-D integer tensor (e.g. .long())")
+        per_row = context_length.dim() == 1
         lengths = context_length.to(device=device, dtype=torch.long).reshape(-1)
-    elif isinstance(context_length, int) and not isinstance(context_length, bool):
-        lengths = torch.full((batch,), context_length, dtype=torch.long, device=device)
-    elif isinstance(context_length, Sequence) and not isinstance(context_length, str):
+    elif is_int(context_length):
+        per_row = False
+        lengths = torch.tensor([int(context_length)], dtype=torch.long, device=device)
+    elif isinstance(context_length, Sequence) and not isinstance(context_length, (str, bytes)):
+        bad = [v for v in context_length if not is_int(v)]
+        if bad:
+            raise TypeError(f"context_length must be {allowed}; got {list(context_length)!r}, "
+                            f"whose entry {bad[0]!r} is a {type(bad[0]).__name__}, not an int")
+        per_row = True
         lengths = torch.tensor([int(v) for v in context_length], dtype=torch.long, device=device)
     else:
-        raise TypeError(
-            f"context_length must be an int or one int per batch row (list or LongTensor), "
-            f"got {type(context_length).__name__}"
-        )
-    if lengths.numel() == 1 and batch != 1:
-        lengths = lengths.expand(batch)
-    if lengths.numel() != batch:
+        raise TypeError(f"context_length must be {allowed}; got {context_length!r} "
+                        f"({type(context_length).__name__}): pass the number of leading prompt "
+                        "tokens as an int")
+    if per_row and lengths.numel() != batch:
         raise ValueError(
-            f"context_length has {lengths.numel()} entries but features has batch size {batch}; "
-            "pass one int for the whole batch or one per row"
-        )
-    return lengths.clamp(0, num_tokens)
+            f"context_length has {lengths.numel()} entries but the batch size is {batch}; pass "
+            "one int for the whole batch or exactly one per row")
+    if lengths.numel():
+        low, high = (int(v) for v in torch.aminmax(lengths))
+        if low < 0 or high > num_tokens:
+            raise ValueError(
+                f"context_length {low if low < 0 else high} is out of range: it must lie in "
+                f"[0, {num_tokens}] (0: no context; {num_tokens}: the whole sequence of "
+                f"{num_tokens} tokens); pass the number of leading prompt tokens")
+    return lengths.expand(batch) if not per_row else lengths
 
 
 def text_edge_costs(features: Tensor, edges: Tensor) -> Tensor:
@@ -99,8 +127,8 @@ def text_tree(
             similarity 0 to everything. Ties are broken by candidate-edge index, see
             ``text_edges``: chain edges before skip edges, earlier tokens first.
         context_length: int, or one int per row (list or (B,) LongTensor): the number of
-            leading tokens forming the context, inside which skip edges are allowed. Values
-            are clamped to [0, L]; 0 or 1 gives the chain.
+            leading tokens forming the context, inside which skip edges are allowed. Each
+            value must lie in [0, L] (see ``context_lengths``); 0 or 1 gives the chain.
         attention_mask: optional (B, L), 0 at padding. Padding tokens are attached along the
             chain, after all real tokens are connected, so they never lie between two real
             tokens (their Δ·B·u is zero, so they then contribute nothing).
@@ -116,7 +144,7 @@ def text_tree(
         raise TypeError(f"features must be floating point, got {features.dtype}; use features.float()")
     batch, num_tokens = features.shape[:2]
     device = features.device
-    lengths = _per_row_context(context_length, batch, num_tokens, device)
+    lengths = context_lengths(context_length, batch, num_tokens, device)
     longest = int(lengths.max()) if batch else 0
     edges = text_edges(num_tokens, longest, device=device)
     costs = text_edge_costs(features, edges)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _tree_torch
+from .arguments import check_int
 from .mst import check_impl, check_vertex_range, mst_impl
 
 GRID_COSTS = ("cosine", "l2", "l1")  # index = the cost kind of the numba kernels
@@ -123,9 +124,8 @@ def grid_edges(height: int, width: int, device: torch.device | str | None = None
     in row-major order of (r, c), then all horizontal pairs (r*W+c, r*W+c+1). The order
     matters: ties between equal costs are broken by this index.
     """
-    for arg, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    check_int("height", height, 1)
+    check_int("width", width, 1)
     ids = torch.arange(height * width, device=device).view(height, width)
     vertical = torch.stack([ids[:-1, :].reshape(-1), ids[1:, :].reshape(-1)], dim=1)
     horizontal = torch.stack([ids[:, :-1].reshape(-1), ids[:, 1:].reshape(-1)], dim=1)
@@ -384,5 +384,8 @@ def _check_guide(guide: Tensor, cost: str) -> None:
         )
     if not guide.dtype.is_floating_point:
         raise TypeError(f"guide must be a floating-point tensor, got {guide.dtype}; use guide.float()")
+    if guide.shape[2] < 1 or guide.shape[3] < 1:
+        raise ValueError(f"guide has an empty grid: height H = {guide.shape[2]} and width W = "
+                         f"{guide.shape[3]} (guide shape {tuple(guide.shape)}) must both be >= 1")
     if cost not in GRID_COSTS:
         raise ValueError(f"cost={cost!r} is not a grid edge cost; use one of {GRID_COSTS}")

@@ -167,6 +167,30 @@ def _(x, decay, order, parent, level_offsets, mode, impl):
 
 # --------------------------------------------------------------------------- public API
 
+def _byte_span(t: Tensor) -> tuple[int, int, int]:
+    """(storage address, first byte, end byte) of the memory ``t`` can touch."""
+    if t.numel() == 0:
+        return 0, 0, 0
+    last = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    start = t.storage_offset() * t.element_size()
+    return t.untyped_storage().data_ptr(), start, start + (last + 1) * t.element_size()
+
+
+def _shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` may overlap in memory (same storage, intersecting byte ranges)."""
+    ptr_a, start_a, end_a = _byte_span(a)
+    ptr_b, start_b, end_b = _byte_span(b)
+    return ptr_a != 0 and ptr_a == ptr_b and start_a < end_b and start_b < end_a
+
+
+def _inputs_alias(x: Tensor, decay: Tensor, tree: Tree) -> bool:
+    """The in-place scan reads and writes x and decay as separate buffers: if they (or the
+    tree's tensors) share memory, it would read values it has already overwritten."""
+    others = (decay, tree.order, tree.parent, tree.level_offsets)
+    return (any(_shares_memory(x, t) for t in others)
+            or any(_shares_memory(decay, t) for t in others[1:]))
+
+
 def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
               impl: str | None = None, overwrite_inputs: bool = False) -> Tensor:
     """Propagate ``x`` over ``tree`` with per-edge ``decay``, in O(L) per channel.
@@ -176,8 +200,9 @@ def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
 
     Args:
         x: (B, L, C) inputs, channels-last, floating point.
-        decay: (B, L, C) decay of each vertex's edge to its parent, in (0, 1]; the root's
-            entry is unused.
+        decay: (B, L, C) decay of each vertex's edge to its parent: any finite value (the
+            recurrences need no range; the models produce values in (0, 1]); the root's entry
+            is unused.
         tree: a ``grootvl.ops.Tree`` with batch size B on L vertices.
         mode: "full" (every vertex sees every other vertex) or "subtree" (each vertex sees its
             descendants and itself; causal for a tree rooted at the last token).
@@ -186,7 +211,9 @@ def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
         overwrite_inputs: allow the scan to use x's and decay's memory as its work space
             (their contents are undefined afterwards, and the result may share memory with
             one of them). Saves two (B, L, C) allocations and a copy pass; used by backends
-            that support it (numba) when no gradient is needed, ignored otherwise.
+            that support it (numba) when no gradient is needed, ignored otherwise, and
+            ignored when x and decay share memory (e.g. the same tensor): the scan then
+            runs out of place and leaves both untouched.
 
     Returns:
         (B, L, C) tensor in x's dtype. float16/bfloat16 inputs are computed in float32.
@@ -227,7 +254,9 @@ def tree_scan(x: Tensor, decay: Tensor, tree: Tree, mode: str = "full",
         compute = x.dtype  # the backend reads half precision itself and returns float32
     if (overwrite_inputs and hasattr(_backend(impl), "scan_forward_inplace")
             and x.dtype == decay.dtype == compute and x.is_contiguous() and decay.is_contiguous()
-            and not (torch.is_grad_enabled() and (x.requires_grad or decay.requires_grad))):
+            and not (torch.is_grad_enabled() and (x.requires_grad or decay.requires_grad))
+            and not torch.compiler.is_compiling()
+            and not _inputs_alias(x, decay, tree)):
         _tree_scan_inplace_op(x, decay, tree.order.contiguous(), tree.parent.contiguous(),
                               tree.level_offsets.contiguous(), mode, impl)
         return (decay if mode == "full" else x).to(out_dtype)
