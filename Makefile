@@ -23,7 +23,7 @@ test: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m grootvl demo --output runs/demo
+	$(PY) -m grootvl demo --output runs/demo --overwrite
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_ops.py

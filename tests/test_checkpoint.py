@@ -123,7 +123,7 @@ def test_not_a_checkpoint_and_missing_ema_are_explained():
     model = GrootV(**SMALL, num_classes=10)
     with pytest.raises(ValueError, match="no EMA weights"):
         grootvl.load_checkpoint(model, {"model": model.state_dict()}, use_ema=True)
-    with pytest.raises(ValueError, match="no state dict found"):
+    with pytest.raises(ValueError, match="holds no state dict"):
         grootvl.load_checkpoint(model, {"epoch": 3, "optimizer": {}})
     with pytest.raises(RuntimeError, match="not a GrootV checkpoint"):
         grootvl.load_checkpoint(model, {"fc.weight": torch.zeros(2, 2)})

@@ -25,8 +25,8 @@ def _error(**kwargs) -> str:
     ("sched.epochs=2.5", "valid integer"),
     ("optim.accum_steps=-1", "greater than 0"),
     ("train.log_every=0", "greater than 0"),
-    ("data.img_size=0", "greater than 0"),
-    ("data.in_chans=0", "greater than 0"),
+    ("data.img_size=0", "greater than or equal to 1"),
+    ("data.in_chans=0", "input should be 1 or 3"),
     ("data.num_workers=-1", "greater than or equal to 0"),
     ("model.drop_path_rate=1.0", "less than 1"),
     ("optim.base_lr=0", "greater than 0"),
@@ -116,3 +116,55 @@ def test_print_config_shows_every_key_with_its_description(capsys):
     out = capsys.readouterr().out
     assert "task: segmentation" in out and "  num_classes: 7  # K: labels" in out
     assert "  warmup_steps: 1500  # warm-up length in optimizer steps" in out
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("data.img_size=true", "a boolean is not a number"),
+    ("train.batch_size=false", "a boolean is not a number"),
+    ("optim.betas=[true, 0.9]", "a boolean is not a number"),
+    ("optim.base_lr=.inf", "finite number"),
+    ("ema.decay=.nan", "finite number"),
+    ("data.img_size=100000", "less than or equal to 8192"),
+    ("data.in_chans=2", "1 or 3"),
+    ("segmentation.scale=[0, 0]", "greater than or equal to 1"),
+    ("detection.fpn_channels=1000000", "less than or equal to 4096"),
+    ("aug.scale=[1.0, 0.08]", "smallest <= largest"),
+    ("aug.auto_augment=rand-bogus", "'bogus' is not a rand setting"),
+    ("aug.auto_augment=randx", "unknown policy"),
+    ("detection.detector_kwargs={bogus: 1}", "MaskRCNN takes no argument 'bogus'"),
+])
+def test_strict_types_and_ranges(override, allowed):
+    message = _error(overrides=[override])
+    assert override.split("=")[0] in message and allowed in message, message
+
+
+def test_booleans_stay_booleans_and_free_form_sections_take_any_value():
+    cfg = load_config(overrides=["train.deterministic=true", "model.kwargs={flag: true}",
+                                 "aug.auto_augment=augmix-m5-w3", "aug.auto_augment=null"])
+    assert cfg.train.deterministic is True and cfg.model.kwargs == {"flag": True}
+    assert cfg.aug.auto_augment is None
+
+
+def test_a_malformed_section_is_reported_not_replaced_by_a_flag(tmp_path):
+    for text, key in (("data: 5\n", "data = 5"), ("model: [1, 2]\n", "model = [1, 2]")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        message = _error(config=str(bad), flags={"data.path": ("d", "--data"),
+                                                 "model.name": ("resnet18", "--model")})
+        assert message.startswith(f"{key} (from config {bad}): must be a mapping"), message
+    message = _error(overrides=["data=5"], flags={"data.path": ("d", "--data")})
+    assert message.startswith("data = 5 (from --set data=5): must be a mapping")
+
+
+def test_unreadable_config_files_are_one_line_errors(tmp_path):
+    cases = {"syntax.yaml": (b"optim: {base_lr: [\n", "is not valid YAML: line 2, column 1"),
+             "binary.yaml": (b"\x00\x01\x02\xff binary", "is not a YAML text file"),
+             "base.yaml": (b"base: 5\n", "base = 5 (from config"),
+             "top.yaml": (b"- 1\n- 2\n", "must be a mapping of sections, got list")}
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        assert expected in _error(config=str(tmp_path / name)), name
+    assert "is not valid YAML (line 1, column 5" in _error(overrides=["optim.betas=[0.9"])
+    assert "'' is not a config key" in _error(overrides=["=1"])
+    with pytest.raises(UserError, match="its config is a str, not a mapping"):
+        config_from_snapshot({"config": "hello"}, "run/last.pth")

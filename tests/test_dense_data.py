@@ -54,7 +54,8 @@ def test_coco_dataset_targets_and_flip(coco):
     ds = CocoInstances(coco["images"], coco["annotations"], train=True)
     torch.manual_seed(0)
     for _ in range(6):  # both flipped and unflipped draws
-        image, target = ds[0]
+        image, target, skipped = ds[0]
+        assert skipped == 0
         assert image.shape == (3, 64, 80) and 0 <= image.min() and image.max() <= 1
         masks, boxes = target["masks"], target["boxes"]
         assert masks.shape[1:] == (64, 80) and len(masks) == len(boxes) == len(target["labels"])
@@ -67,11 +68,12 @@ def test_coco_dataset_targets_and_flip(coco):
 
 def test_ade_dataset_items(ade):
     train = ADESegmentation(ade["root"], "training", 4, train=True, scale=(160, 64), crop_size=48)
-    image, label = train[0]
+    image, label, skipped = train[0]
+    assert skipped == 0
     assert image.shape == (3, 48, 48) and label.shape == (48, 48) and label.dtype == torch.int64
     assert set(label.unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
     val = ADESegmentation(ade["root"], "validation", 4, scale=(160, 32))
-    image, label, name = val[0]
+    image, label, name, _ = val[0]
     assert image.shape == (3, 32, 40) and label.shape == (64, 80) and name.endswith(".jpg")
 
 
@@ -91,7 +93,7 @@ def test_coco_evaluate_perfect_detections_score_100(coco):
     ds = CocoInstances(coco["images"], coco["annotations"])
     results = []
     for index in range(len(ds)):
-        _, target = ds[index]
+        _, target, _ = ds[index]
         n = len(target["boxes"])
         output = {"boxes": target["boxes"], "scores": torch.ones(n),
                   "labels": target["labels"], "masks": target["masks"][:, None].float()}

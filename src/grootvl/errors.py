@@ -1,12 +1,15 @@
 """The exceptions that mean "the user asked for something impossible" (not a bug).
 
 This module sits below every other one (it imports nothing from grootvl), so operators,
-models, data sets, the training engine and the command line all raise the same types.
+models, data sets, the training engine and the command line all raise the same types (and
+show values in their messages the same way, :func:`shown`).
 Command-line front ends print the message, without a traceback, and exit with status 2.
 """
 from __future__ import annotations
 
-__all__ = ["DataError", "UserError"]
+import reprlib
+
+__all__ = ["DataError", "UserError", "shown"]
 
 _WORKER_MARKER = "Original Traceback"
 
@@ -31,3 +34,15 @@ class UserError(Exception):
 class DataError(UserError, ValueError):
     """Bad input data: a missing or unreadable file, an inconsistent annotation, a label map
     of the wrong size. Also a ``ValueError``, for code that catches those."""
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
+_SHOWN.maxtuple = _SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxset = 8
+
+
+def shown(value, limit: int = 160) -> str:
+    """``repr(value)`` for an error message: nested containers and long strings abridged
+    (``...``), so that a value from a hostile file cannot make a message huge."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

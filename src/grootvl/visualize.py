@@ -28,10 +28,12 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .errors import UserError
+from .files import UnreadableImage, decode_image
 
 
 def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
-    """``(name, RGB image)`` for each path; scikit-learn's sample images when ``paths`` is empty."""
+    """``(name, RGB image)`` for each path (16-bit images scaled to 8 bits); scikit-learn's
+    sample images when ``paths`` is empty. An unreadable file is a UserError naming it."""
     if not paths:
         from sklearn.datasets import load_sample_images
 
@@ -40,12 +42,9 @@ def load_images(paths: list[str]) -> list[tuple[str, Image.Image]]:
     out = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                out.append((Path(path).name, img.convert("RGB")))
-        except FileNotFoundError:
-            raise UserError(f"--image {path}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--image {path}: not a readable image ({exc})") from None
+            out.append((Path(path).name, decode_image(path, "RGB")))
+        except UnreadableImage as exc:
+            raise UserError(f"--image {exc.path}: {exc.cause}") from None
     return out
 
 

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from .common import (Flag, add_config_options, add_flags, cli_command, json_object, print_config,
-                     resolve_config)
+from .common import (Flag, add_config_options, add_flags, cli_command, config_validator,
+                     json_object, output_file, print_config, write_text_file)
 
 DET_EPILOG = """\
 Data: COCO layout under --data (ROOT/train2017/, ROOT/val2017/,
@@ -118,7 +118,8 @@ def register(subparsers) -> None:
                               "metrics.json, log.jsonl and summary.json.",
                               epilog=DET_EPILOG, formatter_class=fmt)
     _train_options(p, "maskrcnn_1x", DET_FLAGS)
-    p.set_defaults(func=cli_command("det-train")(_trainer(DET_FLAGS)))
+    p.set_defaults(func=cli_command("det-train")(run_dense_train),
+                   validate=config_validator(DET_FLAGS))
 
     p, g = _eval_parser(subparsers, "det-eval", "det-train", "data (COCO format)",
                         help="COCO box/mask AP of a det-train checkpoint",
@@ -130,7 +131,8 @@ def register(subparsers) -> None:
     g.add_argument("--val-images", help="image folder (default: DATA/SPLIT)")
     g.add_argument("--val-ann", help="instances JSON (default: DATA/annotations/instances_SPLIT.json)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.set_defaults(func=cli_command("det-eval")(run_det_eval))
+    p.set_defaults(func=cli_command("det-eval")(run_det_eval), validate=config_validator(
+        [Flag("--batch-size", "detection.eval_batch_size"), *EVAL_RUNTIME_FLAGS]))
 
     p = subparsers.add_parser("seg-train", help="train GrootV UperNet on ADE20K-format data",
                               description="Train UperNet on a GrootV feature pyramid. Writes "
@@ -138,7 +140,8 @@ def register(subparsers) -> None:
                               "log.jsonl and summary.json.", epilog=SEG_EPILOG,
                               formatter_class=fmt)
     _train_options(p, "upernet_ade", SEG_FLAGS)
-    p.set_defaults(func=cli_command("seg-train")(_trainer(SEG_FLAGS)))
+    p.set_defaults(func=cli_command("seg-train")(run_dense_train),
+                   validate=config_validator(SEG_FLAGS))
 
     p, g = _eval_parser(subparsers, "seg-eval", "seg-train", "data (ADE20K format)",
                         help="mIoU / pixel accuracy of a seg-train checkpoint",
@@ -149,14 +152,21 @@ def register(subparsers) -> None:
     g.add_argument("--val-split", default="validation", help="default: %(default)s")
     g.add_argument("--scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
                    help="base image scale (default: the checkpoint's)")
-    p.set_defaults(func=cli_command("seg-eval")(run_seg_eval))
+    p.set_defaults(func=cli_command("seg-eval")(run_seg_eval), validate=config_validator(
+        [Flag("--scale", "segmentation.scale"), *EVAL_RUNTIME_FLAGS]))
+
+
+# the evaluation options, checked by the run config's schema (also against the checkpoint's
+# saved config, in evaluate_checkpoint)
+EVAL_RUNTIME_FLAGS = [Flag("--workers", "data.num_workers"), Flag("--device", "train.device"),
+                      Flag("--amp", "train.amp"), Flag("--progress", "train.progress")]
 
 
 def _train_options(p, default_config: str, flags: list[Flag]) -> None:
+    from .train import add_run_folder_options
+
     add_config_options(p, default_config)
-    p.add_argument("--output", required=True, help="run folder for checkpoints and logs")
-    p.add_argument("--resume", metavar="auto|PATH",
-                   help="'auto': continue from OUTPUT/last.pth if present; or a checkpoint path")
+    add_run_folder_options(p, output_required=True)
     add_flags(p.add_argument_group("shortcuts for config keys"), flags)
 
 
@@ -179,37 +189,41 @@ def _eval_parser(subparsers, name: str, train_command: str, data_title: str, **p
 
 # ------------------------------------------------------------------------------- commands
 
-def _trainer(flags: list[Flag]):
-    def run(args) -> int:
-        from ..tasks import train
-        from .train import print_summary
+def run_dense_train(args) -> int:
+    from ..tasks import train
+    from .train import print_summary
 
-        cfg = resolve_config(args, flags)
-        if args.print_config:
-            print_config(cfg)
-            return 0
-        print_summary(train(cfg, args.output, resume=args.resume), args.output)
+    cfg = args.run_config
+    if args.print_config:
+        print_config(cfg)
         return 0
+    print_summary(train(cfg, args.output, resume=args.resume, overwrite=args.overwrite),
+                  args.output)
+    return 0
 
-    return run
+
+def _eval_output(args) -> Path:
+    """Where the metrics go: --output, else eval_SPLIT.json by the checkpoint (det-eval and
+    seg-eval must agree on where results land); checked before the evaluation runs."""
+    path = Path(args.output or Path(args.checkpoint).parent / f"eval_{args.val_split}.json")
+    return output_file(path, "--output")
 
 
 def _report_eval(command: str, metrics: dict, args) -> None:
-    """Metrics as one JSON line on stdout and a file: --output, else eval_SPLIT.json by the
-    checkpoint (det-eval and seg-eval must agree on where results land)."""
+    """Metrics as one JSON line on stdout and in the :func:`_eval_output` file."""
     from ..engine.distributed import is_main_process
 
     if not is_main_process():
         return
     print(json.dumps(metrics))
-    path = Path(args.output or Path(args.checkpoint).parent / f"eval_{args.val_split}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2))
+    path = write_text_file(json.dumps(metrics, indent=2), _eval_output(args), "--output")
     print(f"{command}: metrics written to {path}", file=sys.stderr)
 
 
 def run_det_eval(args) -> int:
     from ..tasks.detection import evaluate_checkpoint
+
+    _eval_output(args)
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.val_split, args.val_images,
                                   args.val_ann, batch_size=args.batch_size, workers=args.workers,
@@ -220,6 +234,8 @@ def run_det_eval(args) -> int:
 
 def run_seg_eval(args) -> int:
     from ..tasks.segmentation import evaluate_checkpoint
+
+    _eval_output(args)
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.val_split, scale=args.scale,
                                   workers=args.workers, device=args.device, amp=args.amp,

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from grootvl.errors import UserError
 
-from .common import cli_command, print_json_result
+from .common import (cli_command, options_validator, output_file, output_folder,
+                     print_json_result, write_text_file)
+
+_MODEL_FLAGS = {"num_classes": "--num-classes", "in_chans": "--in-chans"}
 
 
 def register(subparsers) -> None:
@@ -52,7 +55,9 @@ def _register_benchmark(subparsers) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
-    p.set_defaults(func=cli_command("benchmark")(run_benchmark))
+    p.set_defaults(func=cli_command("benchmark")(run_benchmark), validate=options_validator(
+        "BenchmarkOptions", {**_MODEL_FLAGS, "batch_size": "--batch-size",
+                             "img_size": "--img-size", "warmup": "--warmup", "iters": "--iters"}))
 
 
 def _peak_memory_mb(device) -> float:
@@ -129,8 +134,8 @@ def run_benchmark(args) -> int:
 
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
-    if args.batch_size < 1 or args.iters < 1 or args.img_size < 1:
-        raise UserError("--batch-size, --iters and --img-size must be positive")
+    if args.json_out:
+        output_file(args.json_out, "--json")
     model = _build_model(args).to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -154,7 +159,7 @@ def run_benchmark(args) -> int:
         results.append({**base, **res})
         print(json.dumps(results[-1]))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2))
+        write_text_file(json.dumps(results, indent=2), args.json_out, "--json")
     return 0
 
 
@@ -180,7 +185,8 @@ def _register_flops(subparsers) -> None:
     _model_options(p)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
-    p.set_defaults(func=cli_command("flops")(run_flops))
+    p.set_defaults(func=cli_command("flops")(run_flops), validate=options_validator(
+        "FlopsOptions", {**_MODEL_FLAGS, "img_size": "--img-size"}))
 
 
 def run_flops(args) -> int:
@@ -189,8 +195,8 @@ def run_flops(args) -> int:
 
     from grootvl.flops import count_flops_params
 
-    if args.img_size < 1:
-        raise UserError(f"--img-size must be positive (got {args.img_size})")
+    if args.json_out:
+        output_file(args.json_out, "--json")
     model = _build_model(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # fvcore's tracer warnings are noise here
@@ -225,13 +231,16 @@ def _register_visualize(subparsers) -> None:
                    help="source pixel p as fractions of height and width in [0, 1] "
                    "(default: 0.5 0.5, the centre)")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cli_command("visualize")(run_visualize))
+    p.set_defaults(func=cli_command("visualize")(run_visualize), validate=options_validator(
+        "VisualizeOptions", {**_MODEL_FLAGS, "img_size": "--img-size", "stage": "--stage",
+                             "block": "--block", "pixel": "--pixel"}))
 
 
 def run_visualize(args) -> int:
     from grootvl import visualize as V
     from grootvl.engine.distributed import resolve_device
 
+    out_dir = output_folder(args.output, "--output")
     images = V.load_images(args.image)
     model = _build_model(args)
     if args.checkpoint:
@@ -239,8 +248,6 @@ def run_visualize(args) -> int:
 
         load_weights(model, args.checkpoint, use_ema=args.use_ema, model_name=args.model)
     model.to(resolve_device(args.device))
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, pil in images:
         tensor = V.preprocess(pil, args.img_size, in_chans=args.in_chans)
         path = out_dir / f"{Path(name).stem}_stage{args.stage}_block{args.block}.png"

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from .common import cli_command, input_file, options_validator, output_folder
 
 GROOTL_ADAPTER_FILE = "grootl_adapter.json"
 
@@ -38,7 +39,11 @@ def register(subparsers) -> None:
     finetune.add_argument("--lora-r", type=int, default=8)
     finetune.add_argument("--lora-alpha", type=int, default=16)
     finetune.add_argument("trainer_args", nargs="*", help="after '--': extra Hugging Face TrainingArguments flags")
-    finetune.set_defaults(func=run_finetune)
+    finetune.set_defaults(func=cli_command("lm-finetune")(run_finetune), validate=options_validator(
+        "FinetuneOptions", {"tree_scale": "--tree-scale", "max_length": "--max-length",
+                            "lr": "--lr", "warmup_steps": "--warmup-steps", "epochs": "--epochs",
+                            "batch_size": "--batch-size", "grad_accum": "--grad-accum",
+                            "lora_r": "--lora-r", "lora_alpha": "--lora-alpha"}))
 
     merge = subparsers.add_parser(
         "lm-merge", help="merge a LoRA adapter into a plain GrootL model directory",
@@ -49,7 +54,8 @@ def register(subparsers) -> None:
     merge.add_argument("--adapter", required=True, help="output directory of lm-finetune")
     merge.add_argument("--output-dir", required=True)
     merge.add_argument("--tree-scale", type=float, default=None, help="override the adapter's tree_scale")
-    merge.set_defaults(func=run_merge)
+    merge.set_defaults(func=cli_command("lm-merge")(run_merge), validate=options_validator(
+        "MergeOptions", {"tree_scale": "--tree-scale"}))
 
     demo = subparsers.add_parser(
         "lm-demo", help="offline demo: pre-train a byte-level Mamba, LoRA vs GrootL fine-tuning, table + PNG",
@@ -62,16 +68,32 @@ def register(subparsers) -> None:
     demo.add_argument("--tree-scale", type=float, default=None)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test, numbers meaningless)")
-    demo.set_defaults(func=run_demo_command)
+    demo.set_defaults(func=cli_command("lm-demo")(run_demo_command), validate=options_validator(
+        "LmDemoOptions", {"pretrain_steps": "--pretrain-steps", "finetune_steps": "--finetune-steps",
+                          "tree_scale": "--tree-scale", "seed": "--seed"}))
 
 
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str, flag: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _from_folder(flag, path, "tokenizer", AutoTokenizer.from_pretrained)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _from_folder(flag: str, path, what: str, load, *args, **kwargs):
+    """``load(*args, path, **kwargs)`` (a Hugging Face ``from_pretrained``): whatever a
+    damaged or foreign folder makes it raise becomes one line naming ``flag`` and the folder."""
+    from ..files import first_line
+
+    try:
+        return load(*args, str(path), **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # OSError, ValueError, SafetensorError, JSON errors...
+        raise UserError(f"{flag} {path}: the {what} in it cannot be loaded "
+                        f"({first_line(exc)})") from None
 
 
 def _require_dir(flag: str, path: str, marker: str, fix: str) -> None:
@@ -90,13 +112,14 @@ _MODEL_FIX = ("pass a local MambaForCausalLM folder (config.json, weights and to
 def _load_examples(args: argparse.Namespace, tokenizer) -> list:
     from ..grootl.finetune import load_alpaca, tokenize_alpaca
 
+    input_file(args.data, "--data", "an Alpaca-format JSON list or JSON-lines file "
+               "(instruction, input, output)")
     try:
         examples = load_alpaca(args.data)
-    except FileNotFoundError:
-        raise UserError(f"--data {args.data}: no such file; pass an Alpaca-format JSON list or "
-                        "JSON-lines file (instruction, input, output)") from None
     except (ValueError, TypeError, AttributeError) as exc:  # bad JSON or missing fields
         raise UserError(f"--data {args.data}: not Alpaca-format JSON ({exc})") from exc
+    except OSError as exc:
+        raise UserError(f"--data {args.data} cannot be read ({exc.strerror or exc})") from None
     if not examples:
         raise UserError(f"--data {args.data}: the file holds no example; it needs a JSON list or "
                         "JSON lines of {\"instruction\", \"input\", \"output\"} objects")
@@ -115,7 +138,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ..grootl.finetune import bf16_supported, lora_config, train_lora, training_arguments
 
     _require_dir("--model", args.model, "config.json", _MODEL_FIX)
-    tokenizer = _load_tokenizer(args.model)
+    output_folder(args.output_dir, "--output-dir")
+    tokenizer = _load_tokenizer(args.model, "--model")
     rows = _load_examples(args, tokenizer)
     bf16 = {"auto": bf16_supported(), "yes": True, "no": False}[args.bf16]
     training = training_arguments(
@@ -123,7 +147,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, bf16=bf16,
     )
-    model = enable_tree_scanning(MambaForCausalLM.from_pretrained(args.model), tree_scale=args.tree_scale)
+    model = enable_tree_scanning(_from_folder("--model", args.model, "model",
+                                              MambaForCausalLM.from_pretrained),
+                                 tree_scale=args.tree_scale)
     peft_model, trainer = train_lora(model, tokenizer, rows, training,
                                      lora=lora_config(r=args.lora_r, alpha=args.lora_alpha))
     if trainer.is_world_process_zero():
@@ -146,22 +172,45 @@ def run_merge(args: argparse.Namespace) -> int:
                  "was trained on (the --model of lm-finetune); nothing is downloaded")
     _require_dir("--adapter", args.adapter, "adapter_config.json",
                  "pass the --output-dir of a finished grootvl lm-finetune run")
-    settings_file = Path(args.adapter) / GROOTL_ADAPTER_FILE
-    saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-    tree_scale = args.tree_scale if args.tree_scale is not None else saved.get("tree_scale")
-    model = enable_tree_scanning(MambaForCausalLM.from_pretrained(args.base), tree_scale=tree_scale)
-    merged = merge_lora(load_adapter(model, args.adapter))
+    output_folder(args.output_dir, "--output-dir")
+    tree_scale = args.tree_scale if args.tree_scale is not None else _saved_tree_scale(args.adapter)
+    model = enable_tree_scanning(_from_folder("--base", args.base, "model",
+                                              MambaForCausalLM.from_pretrained),
+                                 tree_scale=tree_scale)
+    merged = merge_lora(_from_folder("--adapter", args.adapter, "LoRA adapter", load_adapter,
+                                     model))
     merged.save_pretrained(args.output_dir)
-    _load_tokenizer(args.adapter if (Path(args.adapter) / "tokenizer_config.json").exists() else args.base) \
+    has_tokenizer = (Path(args.adapter) / "tokenizer_config.json").exists()
+    _load_tokenizer(*((args.adapter, "--adapter") if has_tokenizer else (args.base, "--base"))) \
         .save_pretrained(args.output_dir)
     print(f"merged model (tree_scale {merged.config.grootl['tree_scale']}) saved to {args.output_dir}; "
           "load with grootvl.grootl.load_grootl(DIR)")
     return 0
 
 
+def _saved_tree_scale(adapter: str) -> float | None:
+    """The tree_scale lm-finetune recorded with an adapter (None: the GrootL default),
+    checked like the --tree-scale option."""
+    from ..engine.config import validate_values
+    from .options import MergeOptions
+
+    settings_file = Path(adapter) / GROOTL_ADAPTER_FILE
+    if not settings_file.exists():
+        return None
+    try:
+        saved = json.loads(settings_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--adapter {adapter}: {GROOTL_ADAPTER_FILE} is not readable JSON "
+                        f"({exc}); pass --tree-scale to say what the adapter was trained "
+                        "with") from None
+    value = saved.get("tree_scale") if isinstance(saved, dict) else None
+    return validate_values(MergeOptions, {"tree_scale": (value, str(settings_file))}).tree_scale
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
     from ..grootl.demo import DemoConfig, run_demo
 
+    output_folder(args.output_dir, "--output-dir")
     config = DemoConfig(seed=args.seed)
     if args.quick:
         config.pretrain_steps, config.finetune_steps = 3, 2

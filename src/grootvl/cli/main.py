@@ -5,10 +5,11 @@ adds its parser(s) and sets ``func`` (called with the parsed namespace, returnin
 code). Modules are imported only when the command line is parsed, so ``grootvl --help``
 stays fast even though training pulls in torch and timm.
 
-Most sub-commands wrap their ``func`` in ``grootvl.cli.common.cli_command``; ``main``
-applies the same rule to every sub-command, so none can leak a traceback for a user
-mistake: a :class:`~grootvl.errors.UserError` becomes ``grootvl COMMAND: error:
-MESSAGE`` on stderr and exit status 2. Any other exception is a bug and keeps its traceback.
+Sub-commands wrap their ``func`` in ``grootvl.cli.common.cli_command``, which first runs
+the parser's ``validate`` hook (every option checked before anything runs) and prints a
+:class:`~grootvl.errors.UserError` as one line, ``grootvl COMMAND: error: MESSAGE``, on
+stderr with exit status 2; ``main`` applies the same rule to every sub-command, so none can
+leak a traceback for a user mistake. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import argparse
 import importlib
 import sys
 
+from grootvl.cli.common import error_line
 from grootvl.errors import UserError
 
 SUBCOMMAND_MODULES = [
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"grootvl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"grootvl {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

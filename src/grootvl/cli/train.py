@@ -6,8 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .common import (Flag, add_config_options, add_flags, cli_command, print_config,
-                     print_json_result, resolve_config)
+from .common import (Flag, add_config_options, add_flags, cli_command, config_validator,
+                     output_file, print_config, print_json_result, resolve_config)
 
 TRAIN_EPILOG = """\
 Every config key can be overridden: --set optim.base_lr=1e-3 --set aug.mixup=0 (values are
@@ -63,11 +63,21 @@ def register(subparsers) -> None:
     _register_demo(subparsers)
 
 
+def add_run_folder_options(p: argparse.ArgumentParser, output_required: bool = False) -> None:
+    """``--output``, ``--resume`` and ``--overwrite`` of every training command."""
+    p.add_argument("--output", required=output_required,
+                   help="run folder for checkpoints and logs (locked while the run lasts)")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="'auto': continue from OUTPUT/last.pth if it exists; or a checkpoint "
+                   "path (last.pth; resuming a finished run changes nothing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an OUTPUT that holds another run's files, deleting "
+                   "them (without it such a folder is refused)")
+
+
 def _add_run_options(p: argparse.ArgumentParser, default_config: str) -> None:
     add_config_options(p, default_config)
-    p.add_argument("--output", help="run folder for checkpoints and logs")
-    p.add_argument("--resume", metavar="auto|PATH",
-                   help="'auto': continue from OUTPUT/last.pth if it exists; or a checkpoint path")
+    add_run_folder_options(p)
     add_flags(p.add_argument_group("shortcuts for common config keys"), TRAIN_FLAGS)
     p.add_argument("--simulate-crash-at-step", type=int, metavar="N",
                    help="testing aid: SIGKILL this process right after optimizer step N")
@@ -85,18 +95,20 @@ def _register_train(subparsers) -> None:
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(p, [DATA_FLAG])
     _add_run_options(p, "grootv_tiny")
-    p.set_defaults(func=cli_command("train")(run_train))
+    p.set_defaults(func=cli_command("train")(run_train),
+                   validate=config_validator([DATA_FLAG, *TRAIN_FLAGS]))
 
 
 def run_train(args) -> int:
     from ..tasks import train
 
-    cfg = resolve_config(args, [DATA_FLAG, *TRAIN_FLAGS])
+    cfg = args.run_config
     if args.print_config:
         print_config(cfg)
         return 0
     output = args.output or f"runs/{cfg.model.name}"
-    summary = train(cfg, output, resume=args.resume, crash_at_step=args.simulate_crash_at_step)
+    summary = train(cfg, output, resume=args.resume, crash_at_step=args.simulate_crash_at_step,
+                    overwrite=args.overwrite)
     print_summary(summary, output)
     return 0
 
@@ -107,7 +119,7 @@ def print_summary(summary: dict, output) -> None:
 
     metric = summary["primary_metric"]
     best = summary.get(f"best_{metric}")
-    if is_main_process() and best is not None:
+    if is_main_process() and best is not None and not summary.get("already_finished"):
         print(f"done: {summary['epochs_completed']} epochs, best {metric} {best:.2f}, "
               f"checkpoints in {output}", file=sys.stderr)
 
@@ -121,7 +133,8 @@ def _register_eval(subparsers) -> None:
         "checkpoint) on an image folder: DIR/<class>/<image>, or DIR/val/<class>/<image>.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
     p.add_argument("--data", required=True, help="folder of class sub-folders, or one holding SPLIT/")
-    p.add_argument("--split", default="val", help="sub-folder used when DIR has one (default: val)")
+    p.add_argument("--split", help="the sub-folder of --data to evaluate (default: val/ if "
+                   "there, else --data itself)")
     p.add_argument("--model", help="timm model name (default: the one the checkpoint was trained as, "
                    "with its model.kwargs; grootv_tiny for a checkpoint without a config, such as "
                    "an original release)")
@@ -135,12 +148,23 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"])
     p.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
-    p.set_defaults(func=cli_command("eval")(run_eval))
+    p.set_defaults(func=cli_command("eval")(run_eval), validate=config_validator(EVAL_FLAGS))
+
+
+# the evaluation options, checked by the run config's schema (also against the checkpoint's
+# saved config, in evaluate_checkpoint)
+EVAL_FLAGS = [Flag("--batch-size", "train.batch_size"), Flag("--img-size", "data.img_size"),
+              Flag("--crop-pct", "data.crop_pct"), Flag("--in-chans", "data.in_chans"),
+              Flag("--workers", "data.num_workers"), Flag("--device", "train.device"),
+              Flag("--amp", "train.amp"), Flag("--progress", "train.progress")]
 
 
 def run_eval(args) -> int:
     from ..engine.distributed import is_main_process
     from ..tasks.classification import evaluate_checkpoint
+
+    if args.json_out:
+        output_file(args.json_out, "--json")
 
     result = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, model=args.model, use_ema=args.use_ema,
@@ -166,19 +190,25 @@ def _register_demo(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="where to write the digits images (default: OUTPUT/data)")
     _add_run_options(p, "demo")
-    p.set_defaults(func=cli_command("demo")(run_demo))
+    p.set_defaults(func=cli_command("demo")(run_demo), validate=_validate_demo)
+
+
+def _validate_demo(args) -> None:
+    args.output = args.output or "runs/demo"
+    args.data_dir = str(Path(args.data_dir) if args.data_dir else Path(args.output) / "data")
+    args.run_config = resolve_config(args, [Flag("--data-dir", "data.path"), *TRAIN_FLAGS])
 
 
 def run_demo(args) -> int:
     from ..tasks.demo import run_demo as demo
 
-    output = Path(args.output or "runs/demo")
-    args.data_dir = str(Path(args.data_dir) if args.data_dir else output / "data")
-    cfg = resolve_config(args, [Flag("--data-dir", "data.path"), *TRAIN_FLAGS])
+    output = Path(args.output)
+    cfg = args.run_config
     if args.print_config:
         print_config(cfg)
         return 0
-    metrics = demo(cfg, output, resume=args.resume, crash_at_step=args.simulate_crash_at_step)
+    metrics = demo(cfg, output, resume=args.resume, crash_at_step=args.simulate_crash_at_step,
+                   overwrite=args.overwrite)
     print(f"demo: test accuracy {metrics['test_accuracy']:.2f}% after {len(metrics['epochs'])} "
           f"epochs, wall time {metrics['wall_time_s']:.0f} s; wrote {output}/metrics.json, "
           f"training_curve.png, tree.png, last.pth", file=sys.stderr)

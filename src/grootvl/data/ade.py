@@ -18,6 +18,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..files import decode_image, open_image
+from .folder import read_skipping
 
 __all__ = ["ADESegmentation", "IGNORE_INDEX"]
 
@@ -38,9 +40,11 @@ def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[in
 class ADESegmentation(Dataset):
     """Images and label maps of one split of an ADE20K-format folder.
 
-    Training items are ``(image (3, crop, crop) normalised, label (crop, crop) int64)``.
-    Evaluation items are ``(image (3, h, w) resized to fit ``scale``, label at the original
-    size, image name)``; predictions are resized back to the label size before scoring.
+    Training items are ``(image (3, crop, crop) normalised, label (crop, crop) int64,
+    skipped)``. Evaluation items are ``(image (3, h, w) resized to fit ``scale``, label at the
+    original size, image name, skipped)``; predictions are resized back to the label size
+    before scoring. ``skipped`` counts the unreadable image or label files passed over to
+    reach the item (each is logged; the next pair takes its place).
 
     Args:
         root: data set root (holds ``images/`` and ``annotations/``).
@@ -87,14 +91,13 @@ class ADESegmentation(Dataset):
 
     def _load(self, index: int):
         image_path, label_path = self.items[index]
-        with Image.open(image_path) as img:
-            image = np.asarray(img.convert("RGB"))
-        with Image.open(label_path) as lab:
-            if lab.mode not in ("L", "P", "I", "I;16"):
-                raise DataError(
-                    f"label map {label_path} has mode {lab.mode}; ADE20K label maps are "
-                    "single-channel PNGs whose pixel values are class indices (0 = other)")
-            label = np.asarray(lab).astype(np.int64)
+        image = np.asarray(decode_image(image_path, "RGB"))
+        lab = open_image(label_path)  # raw values: the classes
+        if lab.mode not in ("L", "P", "I", "I;16"):
+            raise DataError(
+                f"label map {label_path} has mode {lab.mode}; ADE20K label maps are "
+                "single-channel PNGs whose pixel values are class indices (0 = other)")
+        label = np.asarray(lab).astype(np.int64)
         if label.shape != image.shape[:2]:
             raise DataError(
                 f"label map {label_path} is {label.shape[0]}x{label.shape[1]} (height x width) "
@@ -110,13 +113,15 @@ class ADESegmentation(Dataset):
         return image, label
 
     def __getitem__(self, index: int):
-        image, label = self._load(index)
+        (image, label, name), skipped = read_skipping(
+            lambda i: (*self._load(i), self.items[i][0].name), index, len(self.items),
+            self.root)
         if self.train:
             image, label = self._augment(image, label)
-            return _normalise(image), torch.from_numpy(label)
+            return _normalise(image), torch.from_numpy(label), skipped
         h, w = keep_ratio_size(*image.shape[:2], self.scale)
         resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-        return _normalise(resized), torch.from_numpy(label), self.items[index][0].name
+        return _normalise(resized), torch.from_numpy(label), name, skipped
 
     def _augment(self, image: np.ndarray, label: np.ndarray):
         ratio = np.random.uniform(*self.ratio_range)

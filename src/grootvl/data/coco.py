@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..files import decode_image, first_line
+from .folder import read_skipping
 
 __all__ = ["CocoInstances", "load_coco_json", "collate_detection"]
 
@@ -35,11 +36,11 @@ def load_coco_json(ann_file, require_masks: bool = True, argument: str = "--ann"
             f"annotation file {path} not found ({argument}): pass the path of a COCO "
             f"instances JSON such as annotations/instances_val2017.json")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"annotation file {path} is not valid JSON ({e}); "
-                              "pass a COCO instances JSON") from None
+    except (ValueError, OSError) as e:  # JSONDecodeError, UnicodeDecodeError, unreadable
+        raise DataError(f"annotation file {path} ({argument}) is not readable JSON "
+                        f"({first_line(e)}); pass a COCO instances JSON") from None
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DataError(f"annotation file {path} has no '{key}' list; a COCO instances "
@@ -47,8 +48,19 @@ def load_coco_json(ann_file, require_masks: bool = True, argument: str = "--ann"
     if not data["categories"]:
         raise DataError(f"annotation file {path} lists no categories; add the object "
                               "classes to 'categories' as {\"id\": ..., \"name\": ...}")
+    for key in ("images", "annotations", "categories"):
+        bad = next((item for item in data[key] if not isinstance(item, dict)
+                    or (key != "annotations" and "id" not in item)), None)
+        if bad is not None:
+            raise DataError(f"annotation file {path}: an entry of '{key}' is {bad!r:.80}; each "
+                            "must be an object" + (" with an 'id'" if key != "annotations" else ""))
     images = {img["id"]: img for img in data["images"]}
-    category_ids = sorted(c["id"] for c in data["categories"])
+    try:
+        category_ids = sorted(c["id"] for c in data["categories"])
+    except TypeError:
+        ids = [c["id"] for c in data["categories"]][:10]
+        raise DataError(f"annotation file {path}: the category ids {ids} are not all "
+                        "numbers") from None
     problems: list[str] = []
     for ann in data["annotations"]:
         problem = _annotation_problem(ann, images, set(category_ids), require_masks)
@@ -91,18 +103,21 @@ def _annotation_problem(ann, images, category_ids, require_masks) -> str | None:
 
 
 def collate_detection(batch):
-    """Keeps images and targets as lists: detection images differ in size."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+    """``(images, targets, skipped)`` as lists: detection images differ in size; ``skipped``
+    holds each item's count of unreadable files passed over."""
+    images, targets, skipped = zip(*batch)
+    return list(images), list(targets), list(skipped)
 
 
 class CocoInstances(Dataset):
     """Images with boxes, labels and masks from a COCO instances JSON.
 
-    Items are ``(image, target)``: ``image`` a float tensor (3, H, W) in [0, 1];
+    Items are ``(image, target, skipped)``: ``image`` a float tensor (3, H, W) in [0, 1];
     ``target`` a dict with ``boxes`` (N, 4) xyxy in pixels, ``labels`` (N,) contiguous in
     1..K (``category_ids[label - 1]`` is the COCO id), ``masks`` (N, H, W) uint8 and
-    ``image_id``. Crowd annotations are left out of targets (COCOeval still uses them).
+    ``image_id``; ``skipped`` counts unreadable image files passed over to reach this item
+    (each is logged; the next image takes its place). Crowd annotations are left out of
+    targets (COCOeval still uses them).
 
     Args:
         image_dir: folder with the image files named in the JSON.
@@ -163,14 +178,14 @@ class CocoInstances(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int):
+        (image, target), skipped = read_skipping(self._item, index, len(self.ids), self.image_dir)
+        return image, target, skipped
+
+    def _item(self, index: int):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
-        if not path.is_file():
-            raise DataError(f"image {path} (image_id {image_id} in {self.ann_file}) not "
-                                  "found; check the image folder argument")
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        img = decode_image(path, "RGB")
         height, width = info["height"], info["width"]
         if img.size != (width, height):
             raise DataError(

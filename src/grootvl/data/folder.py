@@ -7,7 +7,10 @@ folders work as they are. Unlike ``ImageFolder`` this dataset:
   folder and for train/val class mismatches;
 * skips an unreadable image (warning on stderr) instead of killing the run: the sample is
   replaced by the next readable one and ``__getitem__`` reports how many files it skipped,
-  so the training loop can count them across workers and ranks.
+  so the training loop can count them across workers and ranks. Images are decoded by
+  :func:`grootvl.files.decode_image` (decompression bombs refused, 16-bit images scaled);
+* follows symbolic links to folders inside a class folder, but never one that leads back
+  to the class folder or above it (a loop), and lists a file reached twice once.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from ..files import UnreadableImage, decode_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _log = logging.getLogger(__name__)
@@ -40,15 +44,45 @@ def find_classes(root: str | os.PathLike, what: str = "data folder") -> list[str
 
 
 def scan_images(root: Path, classes: list[str]) -> list[tuple[str, int]]:
-    """``(path, class index)`` of every image file, sorted for reproducibility."""
+    """``(path, class index)`` of every image file, sorted for reproducibility.
+
+    Linked folders are followed unless they lead to a folder already on the way down from
+    ``root`` (a symlink loop would list the data set again and again, under the wrong
+    class); a file reached by two paths counts once, under the first.
+    """
     samples = []
+    seen_files: set[str] = set()
+    top = os.path.realpath(root)
     for index, name in enumerate(classes):
         folder = root / name
-        for dirpath, _, files in sorted(os.walk(folder, followlinks=True)):
+        for dirpath, dirnames, files in _walk(folder, top):
             for fname in sorted(files):
-                if fname.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((os.path.join(dirpath, fname), index))
+                if not fname.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = os.path.join(dirpath, fname)
+                real = os.path.realpath(path)
+                if real not in seen_files:
+                    seen_files.add(real)
+                    samples.append((path, index))
     return samples
+
+
+def _walk(folder: Path, top: str):
+    """``os.walk(folder, followlinks=True)`` in sorted order, pruning every linked folder
+    that resolves to ``top``, to a folder above it, or to a folder on the current path."""
+    visited: set[str] = set()
+    for dirpath, dirnames, files in os.walk(folder, followlinks=True):
+        here = os.path.realpath(dirpath)
+        visited.add(here)
+        keep = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            loops = (real in visited or real == top or top.startswith(real + os.sep)
+                     or here == real or here.startswith(real + os.sep))
+            if not loops:
+                keep.append(name)
+        dirnames[:] = keep
+        yield dirpath, dirnames, files
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -92,23 +126,28 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.classes = list(classes)
 
     def load(self, path: str) -> Image.Image:
-        with Image.open(path) as img:
-            return img.convert(self.mode)
+        return decode_image(path, self.mode)
 
     def __getitem__(self, index: int):
-        skipped = 0
-        for attempt in range(len(self.samples)):
-            path, target = self.samples[(index + attempt) % len(self.samples)]
-            try:
-                img = self.load(path)
-            except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad files
-                skipped += 1
-                _log.warning("warning: skipping unreadable image %s (%s)", path, exc)
-                continue
-            if self.transform is not None:
-                img = self.transform(img)
-            return img, target, skipped
-        raise DataError(f"no readable image in {self.root}")
+        def read(i):
+            path, target = self.samples[i]
+            img = self.load(path)
+            return (self.transform(img) if self.transform is not None else img), target
+
+        (img, target), skipped = read_skipping(read, index, len(self.samples), self.root)
+        return img, target, skipped
+
+
+def read_skipping(read, index: int, length: int, where) -> tuple:
+    """``(read(i), files skipped)`` for the first ``i`` from ``index`` on (cyclically) whose
+    files ``read`` can decode; each unreadable one is logged and skipped. A DataError if no
+    item of the ``length`` in ``where`` is readable."""
+    for attempt in range(length):
+        try:
+            return read((index + attempt) % length), attempt
+        except UnreadableImage as exc:
+            _log.warning("warning: skipping unreadable image %s (%s)", exc.path, exc.cause)
+    raise DataError(f"no readable image in {where}: every file failed to decode")
 
 
 def check_same_classes(expected: list[str], found: list[str], root: Path, what: str) -> None:

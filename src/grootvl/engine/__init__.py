@@ -11,6 +11,8 @@ segmentation).
 * :mod:`.config`      -- typed configs from YAML files, ``--set`` overrides and flags
 * :mod:`.optim`       -- optimizer and lr schedule (timm's factories), lr scaling
 * :mod:`.snapshots`   -- atomic snapshot files, last/best/EMA-best, ``--resume auto``
+* :mod:`.run_folder`  -- the run's folder: locked, never overwritten by accident, its log cut
+  back to the snapshot on resume
 * :mod:`.sampling`    -- resumable training loaders, evaluation shards
 * :mod:`.distributed` -- torchrun process groups (NCCL on CUDA, Gloo on CPU), reductions
 * :mod:`.seeding`     -- deterministic seeding, RNG state capture/restore
@@ -28,6 +30,7 @@ from .evaluation import evaluate
 from .loop import run_training
 from .metrics import MetricSums
 from .progress import JsonlLogger, Progress, read_jsonl
+from .run_folder import RunFolder
 from .sampling import ShardSampler
 from .seeding import get_rng_state, seed_everything, set_rng_state
 from .snapshots import SnapshotManager, atomic_save, load_snapshot, read_snapshot_meta, unwrap_model
@@ -35,7 +38,8 @@ from .task import Batch, Evaluator, Task
 
 __all__ = [
     "AmpSettings", "Batch", "ConfigSection", "DistEnv", "Evaluator", "JsonlLogger", "MetricSums",
-    "Progress", "ShardSampler", "SnapshotManager", "Task", "all_gather_object", "all_reduce_sum",
+    "Progress", "RunFolder", "ShardSampler", "SnapshotManager", "Task", "all_gather_object",
+    "all_reduce_sum",
     "atomic_save", "autocast", "barrier", "broadcast_object", "build_config", "config_from_dict",
     "dump_config", "evaluate", "get_rng_state", "init_distributed", "load_snapshot",
     "make_grad_scaler", "parse_override", "read_jsonl", "read_snapshot_meta", "resolve_amp",

@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from ..errors import UserError
+from ..errors import UserError, shown
 
 __all__ = ["ConfigSection", "build_config", "config_from_dict", "dump_config", "load_config_file",
-           "packaged_config_names", "parse_override"]
+           "packaged_config_names", "parse_override", "validate_values"]
 
 M = TypeVar("M", bound="ConfigSection")
 DEFAULT = "the default"
@@ -37,9 +40,41 @@ DEFAULT = "the default"
 
 class ConfigSection(BaseModel):
     """Base of every config section: unknown keys are errors, values are frozen after
-    validation, defaults are validated like given values."""
+    validation, defaults are validated like given values, floats must be finite, and a
+    boolean is no number (pydantic alone reads ``true`` as 1 for an int field)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        annotation = cls.model_fields[info.field_name].annotation
+        if _holds_bool(value) and _numeric(annotation):
+            raise ValueError("a boolean is not a number here; give a number")
+        return value
+
+
+def _holds_bool(value) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
+
+
+def _numeric(annotation) -> bool:
+    """Whether a field of type ``annotation`` holds numbers (int, float, a numeric literal,
+    or a tuple of them) and no boolean: pydantic would read ``true`` there as 1."""
+    if annotation in (int, float):
+        return True
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis and a is not type(None)]
+    if origin is typing.Annotated:
+        return _numeric(args[0])
+    if origin is typing.Literal:
+        return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if origin in (typing.Union, types.UnionType, tuple, list):
+        return bool(args) and all(_numeric(a) for a in args)
+    return False
 
 
 # ------------------------------------------------------------------------------ files
@@ -50,11 +85,22 @@ def packaged_config_names(package: str) -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line saying where and why YAML parsing failed (PyYAML's own runs over lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
 def _read_yaml(text: str, origin: str) -> dict:
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{origin} is not valid YAML: {exc}") from exc
+        raise UserError(f"{origin} is not valid YAML: {yaml_problem(exc)}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"{origin} must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -67,7 +113,13 @@ def _locate(name_or_path: str, package: str, relative_to: Path | None) -> tuple[
         candidates.insert(0, relative_to / name_or_path)
     for path in candidates:
         if path.is_file():
-            return path.read_text(), f"config {path}", path.parent
+            try:
+                return path.read_text(encoding="utf-8"), f"config {path}", path.parent
+            except UnicodeDecodeError:
+                raise UserError(f"config {path} is not a YAML text file (it is binary: a "
+                                "checkpoint?); pass a YAML config") from None
+            except OSError as exc:
+                raise UserError(f"config {path} cannot be read ({exc.strerror or exc})") from None
     stem = name_or_path[:-5] if name_or_path.endswith(".yaml") else name_or_path
     res = resources.files(package) / f"{stem}.yaml"
     if res.is_file():
@@ -84,6 +136,9 @@ def _config_chain(name_or_path: str, package: str, relative_to: Path | None = No
     text, origin, folder = _locate(name_or_path, package, relative_to)
     data = _read_yaml(text, origin)
     base = data.pop("base", None)
+    if base is not None and (not isinstance(base, str) or not base.strip()):
+        raise UserError(f"base = {shown(base)} (from {origin}): must be the name of a packaged "
+                        "config or the path of a YAML file")
     chain = _config_chain(base, package, folder, (*seen, name_or_path)) if base else []
     return [*chain, (origin, data)]
 
@@ -104,10 +159,14 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.base_lr=1e-3")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {text!r}: {key!r} is not a config key; expected KEY=VALUE, e.g. "
+                        "--set optim.base_lr=1e-3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+        raise UserError(f"--set {text!r}: the value is not valid YAML "
+                        f"({yaml_problem(exc)})") from None
     # YAML 1.1 reads "5e-4" (no dot) as a string; users mean a number.
     if isinstance(value, str):
         try:
@@ -129,12 +188,22 @@ def _merge(target: dict, update: Mapping, origins: dict[str, str], origin: str,
             origins[dotted] = origin
 
 
+def _not_a_section(key: str, value: Any, origins: dict[str, str]) -> None:
+    origin = _printable(origins.get(key, DEFAULT))
+    raise UserError(f"{key} = {shown(value)} (from {origin}): must be a mapping of keys (a "
+                    f"config section); got {type(value).__name__}")
+
+
 def _set_dotted(target: dict, key: str, value: Any, origins: dict[str, str], origin: str) -> None:
+    """Set one dotted key; a section on its path that an earlier layer set to something else
+    than a mapping (``data: 5`` in a file, then ``--data DIR``) is reported, not replaced."""
     *parents, leaf = key.split(".")
     node = target
-    for part in parents:
-        if not isinstance(node.get(part), dict):
+    for depth, part in enumerate(parents):
+        if node.get(part) is None:
             node[part] = {}
+        elif not isinstance(node[part], dict):
+            _not_a_section(".".join(parents[: depth + 1]), node[part], origins)
         node = node[part]
     _merge(node, {leaf: value}, origins, origin, key[: -len(leaf)])
 
@@ -169,10 +238,20 @@ def build_config(schema: type[M], config: str | None = None, overrides: Iterable
 
 def config_from_dict(schema: type[M], data: Mapping[str, Any], origin: str) -> M:
     """Validate a config read back from somewhere (e.g. ``origin="checkpoint run/last.pth"``)."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{origin}: its config is a {type(data).__name__}, not a mapping of "
+                        "sections")
     origins: dict[str, str] = {}
     values: dict = {}
     _merge(values, data, origins, origin)
     return _validate(schema, values, origins)
+
+
+def validate_values(schema: type[M], values: Mapping[str, tuple[Any, str]]) -> M:
+    """``schema`` (e.g. a command's options) from ``{field: (value, where it came from)}``;
+    fields whose value is None keep their default. Errors as :func:`build_config`'s."""
+    given = {key: value for key, (value, _) in values.items() if value is not None}
+    return _validate(schema, given, {key: origin for key, (_, origin) in values.items()})
 
 
 def _validate(schema: type[M], values: dict, origins: dict[str, str]) -> M:
@@ -180,7 +259,9 @@ def _validate(schema: type[M], values: dict, origins: dict[str, str]) -> M:
         return schema.model_validate(values)
     except pydantic.ValidationError as exc:
         problems = [_describe(error, schema, origins) for error in exc.errors()]
-        raise UserError("; ".join(problems)) from None
+        # one line whatever the values hold: control characters are shown escaped
+        message = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], "; ".join(problems))
+        raise UserError(message) from None
 
 
 def _origin(parts: list[str], origins: dict[str, str]) -> str:
@@ -189,10 +270,16 @@ def _origin(parts: list[str], origins: dict[str, str]) -> str:
     for end in range(len(parts), 0, -1):
         found = origins.get(".".join(parts[:end]))
         if found:
-            return found
+            return _printable(found)
     prefix = ".".join(parts) + "."
-    below = sorted({origin for key, origin in origins.items() if key.startswith(prefix)})
+    below = sorted({_printable(origin) for key, origin in origins.items()
+                    if key.startswith(prefix)})
     return ", ".join(below) if below else DEFAULT
+
+
+def _printable(text: str) -> str:
+    """``text`` as it may appear in a one-line message (quoted if it holds line breaks...)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _describe(error: dict, schema: type[BaseModel], origins: dict[str, str]) -> str:
@@ -211,7 +298,7 @@ def _describe(error: dict, schema: type[BaseModel], origins: dict[str, str]) -> 
     message = message[0].lower() + message[1:]
     if isinstance(error.get("input"), Mapping):
         return f"{key or 'config'}: {message} (from {origin})"  # a check of a whole section
-    return f"{key} = {error['input']!r} (from {origin}): {message}"
+    return f"{key} = {shown(error['input'])} (from {origin}): {message}"
 
 
 def _leaf_keys(schema: type[BaseModel], prefix: str = "") -> list[str]:

@@ -9,12 +9,14 @@ logging, progress display and DDP.
 
 Files in the output folder: ``last.pth``, ``best.pth``, ``ema_best.pth``, ``config.yaml``,
 ``log.jsonl`` (records ``start``, ``train_step``, ``epoch``, ``end``), ``metrics.json`` (the
-latest evaluation) and ``summary.json``.
+latest evaluation) and ``summary.json``. The folder is locked for the run's life and a new
+run refuses to start over another one's files (:class:`~.run_folder.RunFolder`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -34,16 +36,24 @@ from .evaluation import evaluate, sync_buffers
 from .metrics import MetricSums
 from .optim import build_optimizer, build_scheduler, scaled_lrs
 from .progress import JsonlLogger, Progress
+from .run_folder import RunFolder
 from .sampling import eval_loader, train_loader
 from .schema import EngineConfig
 from .seeding import get_rng_state, seed_everything, set_rng_state
-from .snapshots import SnapshotManager, load_snapshot
+from .snapshots import (SnapshotManager, atomic_write_text, check_resumable, load_snapshot,
+                        state_misfit)
 from .task import Task
 
 __all__ = ["LOG_FILE", "METRICS_FILE", "NonFiniteLossError", "run_training"]
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.json"
+_log = logging.getLogger(__name__)
+# a weight this large squares to more than float32 holds: activations overflow to inf/NaN
+_DIVERGED_WEIGHT = 1e19
+_DIVERGED_HINT = ("lower optim.base_lr (--lr) or optim.weight_decay (--weight-decay), or enable "
+                  "optim.clip_grad (--clip-grad)")
 
 
 class NonFiniteLossError(UserError):
@@ -79,18 +89,33 @@ class _RunState:
 
 
 def run_training(task: Task, cfg: EngineConfig, output: str | os.PathLike,
-                 resume: str | None = None, crash_at_step: int | None = None) -> dict:
+                 resume: str | None = None, crash_at_step: int | None = None,
+                 overwrite: bool = False) -> dict:
     """Train ``task`` as ``cfg`` says, writing to ``output``; returns the run summary.
 
     ``resume``: ``"auto"`` continues from ``output/last.pth`` if it exists, a path from that
-    snapshot. ``crash_at_step`` is a testing aid: the process kills itself (SIGKILL) right
-    after that optimizer step, like a preempted job.
+    snapshot; resuming a run that has trained all its epochs changes nothing (the summary
+    returned has ``already_finished``). Without ``resume``, a folder that holds another run
+    is refused unless ``overwrite`` (its run files are deleted first). The folder is locked
+    while the run lasts. ``crash_at_step`` is a testing aid: the process kills itself
+    (SIGKILL) right after that optimizer step, like a preempted job.
     """
     env = D.init_distributed(cfg.train.device)
+    folder = RunFolder(output)
     try:
+        problem = None
+        if env.is_main:
+            try:
+                folder.claim(resume, overwrite)
+            except UserError as exc:
+                problem = str(exc)
+        problem = D.broadcast_object(problem)
+        if problem:
+            raise UserError(problem)
         with D.cpu_threads(cfg.train.threads):
-            return _run(task, cfg, Path(output), resume, crash_at_step, env)
+            return _run(task, cfg, folder, resume, crash_at_step, env)
     finally:
+        folder.release()
         D.teardown_distributed()
 
 
@@ -128,20 +153,26 @@ def _build(task: Task, cfg: EngineConfig, env: D.DistEnv, crash_at_step):
     return parts, loader, train_ds, val_ds, lrs
 
 
-def _run(task: Task, cfg: EngineConfig, output: Path, resume, crash_at_step, env) -> dict:
+def _run(task: Task, cfg: EngineConfig, folder: RunFolder, resume, crash_at_step, env) -> dict:
+    output = folder.path
+    snapshots = SnapshotManager(output)
+    epochs = cfg.sched.epochs
+    resume_path = snapshots.find_resume(resume)
+    snapshot = _read_resume_snapshot(resume_path, epochs) if resume_path else None
+    if env.is_main and resume:
+        done = (int(snapshot["epoch"]), int(snapshot["global_step"])) if snapshot else (-1, 0)
+        folder.cut_log(LOG_FILE, *done)
     parts, loader, train_ds, val_ds, lrs = _build(task, cfg, env, crash_at_step)
+    run = _RunState()
+    if snapshot is not None:
+        _resume(resume_path, snapshot, parts, run)  # every compatibility check first
+        if run.epoch == epochs:
+            return _already_finished(task, output, resume_path, snapshot)
     val_loader = eval_loader(val_ds, task.eval_batch_size, env, cfg.data.num_workers,
                              cfg.data.pin_memory, task.collate_fn)
-    snapshots = SnapshotManager(output)
-    run = _RunState()
     logger = JsonlLogger(output / LOG_FILE if env.is_main else None)
-    resume_path = snapshots.find_resume(resume)
-    if resume_path is not None:
-        _resume(resume_path, parts, run)
-    epochs = cfg.sched.epochs
     if env.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(dump_config(cfg))
+        atomic_write_text(dump_config(cfg), output / "config.yaml")
         logger.log({"event": "start", "task": task.name,
                     "resumed_from": str(resume_path) if resume_path else None,
                     "start_epoch": run.epoch, "epochs": epochs, "world_size": env.world_size,
@@ -172,12 +203,12 @@ def _run(task: Task, cfg: EngineConfig, output: Path, resume, crash_at_step, env
             _validate(parts, val_loader, record, output, epoch, run.global_step)
         improved = _update_best(run, record, task.primary_metric)
         rngs = D.all_gather_object(get_rng_state())
+        record["epoch_time_s"] = round(time.perf_counter() - epoch_start, 3)
+        record[best_key] = run.best
+        logger.log(record, durable=True)  # on disk before the snapshot that claims it
         if env.is_main:
             _save_epoch(parts, run, epoch, rngs, improved, snapshots)
         run.epoch = epoch + 1
-        record["epoch_time_s"] = round(time.perf_counter() - epoch_start, 3)
-        record[best_key] = run.best
-        logger.log(record)
         D.barrier()
     summary = {"event": "end", "task": task.name, "epochs_completed": epochs,
                "primary_metric": task.primary_metric, best_key: run.best,
@@ -186,8 +217,37 @@ def _run(task: Task, cfg: EngineConfig, output: Path, resume, crash_at_step, env
                "run_time_s": round(time.perf_counter() - run_start, 3)}
     logger.log(summary)
     if env.is_main:
-        (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        atomic_write_text(json.dumps(summary, indent=2, default=str), output / SUMMARY_FILE)
     return summary
+
+
+def _read_resume_snapshot(path: Path, epochs: int) -> dict:
+    """The snapshot ``--resume`` names, checked: resumable, and not past ``epochs``."""
+    snapshot = load_snapshot(path)
+    check_resumable(snapshot, path)
+    done = int(snapshot["epoch"]) + 1
+    if done > epochs:
+        raise UserError(f"sched.epochs (--epochs) = {epochs} is fewer than the {done} epochs "
+                        f"{path} has already trained; pass --epochs {done} or more to continue "
+                        "the run (or start a new one with another --output)")
+    return snapshot
+
+
+def _already_finished(task: Task, output: Path, path: Path, snapshot: dict) -> dict:
+    """Resuming a run that trained all its epochs: nothing is written; its summary."""
+    done = int(snapshot["epoch"]) + 1
+    _log.warning("%s has already trained all %d epochs of the run in %s: nothing to do, nothing "
+                 "changed (raise --epochs to train longer)", path, done, output)
+    summary = None
+    try:
+        summary = json.loads((output / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        pass
+    if not isinstance(summary, dict):
+        summary = {"event": "end", "task": task.name, "epochs_completed": done,
+                   "primary_metric": task.primary_metric,
+                   f"best_{task.primary_metric}": snapshot.get("best_metric")}
+    return {**summary, "already_finished": True}
 
 
 def _train_epoch(parts: _Parts, loader, epoch: int, run: _RunState, progress: Progress,
@@ -215,7 +275,7 @@ def _train_epoch(parts: _Parts, loader, epoch: int, run: _RunState, progress: Pr
         skipped += batch.skipped
         boundary = (micro + 1) % accum == 0
         sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with sync, _divergence_reported(parts.bare, epoch, run.global_step + 1):
             with autocast(parts.amp):
                 terms = parts.task.losses(model, batch)
             if "loss" in terms:  # the name of the total below
@@ -244,7 +304,7 @@ def _train_epoch(parts: _Parts, loader, epoch: int, run: _RunState, progress: Pr
             if not math.isfinite(means["loss"]):
                 raise NonFiniteLossError(
                     f"the loss became {means['loss']} in epoch {epoch} at step {run.global_step}; "
-                    "lower optim.base_lr (--lr) or enable optim.clip_grad (--clip-grad)")
+                    + _DIVERGED_HINT)
             sums.add(count, **means)
             logger.log({"event": "train_step", "epoch": epoch, "step": run.global_step,
                         **means, "lr": lr,
@@ -262,6 +322,23 @@ def _train_epoch(parts: _Parts, loader, epoch: int, run: _RunState, progress: Pr
     return {"loss": means.pop("loss", None), "losses": means,
             "lr": max(group["lr"] for group in optimizer.param_groups),
             "skipped_images": int(total_skipped), "steps": done}
+
+
+@contextlib.contextmanager
+def _divergence_reported(model: nn.Module, epoch: int, step: int):
+    """A forward or backward that fails because the weights diverged (NaN, or so large that
+    activations overflow; the tree construction refuses NaN features) is reported as
+    :class:`NonFiniteLossError`, not as the failing operator's error."""
+    try:
+        yield
+    except (ValueError, RuntimeError, FloatingPointError) as exc:
+        with torch.no_grad():
+            worst = max((float(p.detach().abs().max()) for p in model.parameters() if p.numel()),
+                        default=0.0)
+        if math.isfinite(worst) and worst < _DIVERGED_WEIGHT:
+            raise
+        raise NonFiniteLossError(f"training diverged in epoch {epoch} at step {step}: the "
+                                 f"weights reached {worst:.3g}; {_DIVERGED_HINT}") from exc
 
 
 def _optimizer_step(parts: _Parts):
@@ -343,19 +420,19 @@ def _save_epoch(parts: _Parts, run: _RunState, epoch: int, rngs, improved: tuple
     })
 
 
-def _resume(path: Path, parts: _Parts, run: _RunState) -> None:
-    snapshot = load_snapshot(path)
+def _resume(path: Path, snapshot: dict, parts: _Parts, run: _RunState) -> None:
     task = parts.task
     saved_task = snapshot.get("task", "classification")  # snapshots before tasks were recorded
     if saved_task != task.name:
         raise UserError(f"--resume {path}: the snapshot is a {saved_task} run, this run is "
                         f"{task.name}; use another --output")
     task.check_resume(snapshot, path)
-    try:
-        parts.bare.load_state_dict(snapshot["model"])
-    except RuntimeError as exc:
+    misfit = state_misfit(parts.bare.state_dict(), snapshot["model"])
+    if misfit:
         raise UserError(f"--resume {path}: the snapshot's weights do not fit this run's model "
-                        f"(were the model options or the classes changed?): {exc}") from exc
+                        f"({misfit}); were the model options (model.kwargs) or the classes "
+                        "changed?")
+    parts.bare.load_state_dict(snapshot["model"])
     if parts.ema is not None and snapshot.get("model_ema") is not None:
         parts.ema.module.load_state_dict(snapshot["model_ema"])
     parts.optimizer.load_state_dict(snapshot["optimizer"])

@@ -14,7 +14,8 @@ class JsonlLogger:
     """Appends one JSON object per line to ``path`` (no-op when ``path`` is None).
 
     Each record gets a wall-clock ``time``. Lines are flushed immediately so an interrupted
-    run keeps everything logged so far.
+    run keeps everything logged so far; a ``durable`` record is also on disk (fsync) when
+    ``log`` returns, for records a later file (a snapshot) will claim exist.
     """
 
     def __init__(self, path: str | os.PathLike | None):
@@ -22,12 +23,15 @@ class JsonlLogger:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any], durable: bool = False) -> None:
         if not self.path:
             return
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def _json_default(value):
@@ -39,9 +43,18 @@ def _json_default(value):
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All records of a JSON-lines log."""
+    """All records of a JSON-lines log (a line a killed process left half-written is
+    skipped)."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def format_duration(seconds: float) -> str:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import UserError
+from ..files import CheckpointError, check_finite, read_checkpoint
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -30,14 +32,26 @@ EMA_BEST = "ema_best.pth"
 _STATE_KEYS = ("model", "model_ema", "optimizer", "lr_scheduler", "scaler", "rng")
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` so that readers never see a partial file."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` to ``path`` so that readers never see a partial file."""
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -47,37 +61,85 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files a killed :func:`atomic_save` left in ``folder``; call it
+    only while no other process writes there (the run folder's lock). Returns their names."""
+    stale = sorted(Path(folder).glob(f".*{TEMPORARY_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [p.name for p in stale]
+
+
 def load_snapshot(path: str | os.PathLike) -> dict:
-    """Load a snapshot written by this engine on CPU (torch's safe ``weights_only`` loader),
-    with a clear error for missing or corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise UserError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
+    """Load a snapshot written by this engine on CPU (torch's safe loader), with one clear
+    error (:class:`~grootvl.files.CheckpointError`) for a missing, corrupt or foreign file."""
+    obj = read_checkpoint(path)
     if not isinstance(obj, dict):
-        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a "
+                              "dict (a training snapshot)")
     return obj
+
+
+# what --resume needs of a snapshot, with the type each entry must have
+_RESUME_ENTRIES = {"model": Mapping, "optimizer": Mapping, "lr_scheduler": Mapping,
+                   "epoch": int, "global_step": int}
+
+
+def check_resumable(snapshot: dict, path: str | os.PathLike) -> None:
+    """A :class:`UserError` unless ``snapshot`` holds everything exact resumption needs, with
+    finite weights: a weights-only file (``best.pth``) or a damaged snapshot is named."""
+    where = f"--resume {path}"
+    if isinstance(snapshot.get("model"), Mapping) and "optimizer" not in snapshot:
+        raise UserError(f"{where} holds the model's weights only (as best.pth and ema_best.pth "
+                        "do), not the optimizer, schedule and random state a resume needs; "
+                        "resume from the run's last.pth, or start a new run from these weights "
+                        f"with --set model.init_checkpoint={path}")
+    for key, kind in _RESUME_ENTRIES.items():
+        value = snapshot.get(key)
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise UserError(f"{where} is not a training snapshot of grootvl: its {key!r} entry is "
+                            f"{type(value).__name__ if key in snapshot else 'missing'}; "
+                            "resume from a last.pth written by grootvl train")
+    for key in ("config", "rng"):
+        value = snapshot.get(key)
+        expected = Mapping if key == "config" else list
+        if value is not None and not isinstance(value, expected):
+            raise UserError(f"{where}: its {key!r} entry is a {type(value).__name__}, expected a "
+                            f"{'mapping' if key == 'config' else 'list'}; the snapshot is damaged")
+    check_finite(snapshot["model"], where)
+
+
+def state_misfit(target: Mapping, state: Mapping) -> str:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``target``,
+    in one line ("" if it fits)."""
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [f"{k}: snapshot {tuple(getattr(state[k], 'shape', ()))} vs model "
+              f"{tuple(target[k].shape)}" for k in state
+              if k in target and getattr(state[k], "shape", None) != target[k].shape]
+    return "; ".join(f"{what} ({len(keys)}, e.g. {keys[0]})" for what, keys in (
+        ("missing from the snapshot", missing), ("not in the model", unexpected),
+        ("shape mismatches", shapes)) if keys)
 
 
 def read_snapshot_meta(path: str | os.PathLike) -> dict:
     """The metadata entries of a snapshot (``task``, ``config``, ``epoch``, the task's own...).
 
-    Tensors are memory-mapped, not read. Checkpoints that pickle foreign objects (e.g. the
-    original release's config objects) give ``{}``: they carry no metadata we use.
+    Checkpoints that cannot be read give ``{}``: they carry no metadata we use (the weights
+    reader reports what is wrong with them).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # unsafe globals, or a format mmap cannot read: no metadata
+        obj = read_checkpoint(path)
+    except CheckpointError:
         return {}
     if not isinstance(obj, dict):
         return {}
-    return {k: v for k, v in obj.items()
+    return snapshot_meta(obj)
+
+
+def snapshot_meta(snapshot: Mapping) -> dict:
+    """The entries of a loaded snapshot that describe the run rather than hold its state."""
+    return {k: v for k, v in snapshot.items()
             if k not in _STATE_KEYS and not isinstance(v, torch.Tensor)}
 
 

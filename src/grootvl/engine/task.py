@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["Batch", "Evaluator", "Task"]
+__all__ = ["Batch", "Evaluator", "Task", "drop_replaced"]
 
 
 @dataclass
@@ -24,7 +24,8 @@ class Batch:
     """One batch on its device, as the task's model wants it.
 
     ``size`` counts samples (for progress and throughput); ``skipped`` counts input files the
-    data set could not read and replaced (reported per epoch).
+    data set could not read and replaced (reported per epoch; see :func:`drop_replaced`).
+    An evaluation batch may be empty (``size`` 0) when all its files were unreadable.
     """
 
     inputs: Any
@@ -32,6 +33,25 @@ class Batch:
     size: int
     skipped: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def drop_replaced(inputs, targets, skipped, training: bool):
+    """``(inputs, targets, replaced)`` of a batch whose data set replaced each unreadable file
+    by the next readable item (``skipped``: per item, the files passed over to reach it).
+
+    ``replaced`` counts the items that stand in for an unreadable file. Training keeps them
+    (a batch keeps its size); an evaluation drops them, so that every readable file counts
+    exactly once. ``inputs``/``targets`` are tensors or lists; ``skipped`` a tensor or list.
+    """
+    flags = [int(s) > 0 for s in (skipped.tolist() if torch.is_tensor(skipped) else skipped)]
+    replaced = sum(flags)
+    if training or not replaced:
+        return inputs, targets, replaced
+    keep = [i for i, flag in enumerate(flags) if not flag]
+    if torch.is_tensor(inputs):
+        index = torch.tensor(keep, dtype=torch.long)
+        return inputs[index], targets[index], replaced
+    return [inputs[i] for i in keep], [targets[i] for i in keep], replaced
 
 
 class Evaluator(Protocol):

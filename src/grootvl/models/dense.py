@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import types
 from collections import OrderedDict
-from pathlib import Path
 
 import timm
 import torch
@@ -21,11 +20,12 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UserError
-from .factory import resolve_variant
-from .weights import load_checkpoint
+from .factory import check_model_options, resolve_variant
+from ..files import check_finite, read_checkpoint
+from .weights import WeightsMismatch, load_checkpoint, state_dict_of
 
-__all__ = ["FPNBackbone", "TimmPyramid", "load_backbone_weights", "maskrcnn_grootv",
-           "upernet_grootv"]
+__all__ = ["FPNBackbone", "TimmPyramid", "detector_argument_names", "load_backbone_weights",
+           "maskrcnn_grootv", "upernet_grootv"]
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -105,22 +105,18 @@ def load_backbone_weights(backbone: nn.Module, name: str, path, timm_kwargs=None
     then copied over by parameter name; the classifier head is left out.
 
     Returns ``{"loaded": n, "skipped": [classifier keys not used]}``. Raises UserError if the
-    file is missing or a backbone parameter has no counterpart in the checkpoint.
+    file cannot be read, holds NaN weights, or a backbone parameter has no counterpart in it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{argument} {path}: no such file; pass the path of a GrootV "
-                        "ImageNet classification checkpoint (.pth)")
+    where = f"{argument} {path}"
+    state, _ = state_dict_of(read_checkpoint(path, what=argument), where=where)
+    check_finite(state, where)
     full = timm.create_model(name, **(timm_kwargs or {}))
+    # the classifier may have any number of classes (or be absent): only the trunk is used
     try:
-        if name.startswith("grootv_"):
-            # the classifier may have any number of classes: only the trunk is used
-            load_checkpoint(full, path, reset_classifier=True)
-        else:
-            timm.models.load_checkpoint(full, str(path), strict=False)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"{argument} {path} does not fit backbone {name}: {exc}. Pass a "
-                        f"checkpoint of the same variant (and backbone options)") from None
+        load_checkpoint(full, state, reset_classifier=True, strict=name.startswith("grootv_"))
+    except WeightsMismatch as exc:
+        raise UserError(f"{where} does not fit backbone {name}: {'; '.join(exc.problems)}; pass "
+                        "a checkpoint of the same variant (and backbone options)") from None
     source = {_normalised_key(k): v for k, v in full.state_dict().items()}
     target = backbone.state_dict()
     missing = [k for k in target if _normalised_key(k) not in source]
@@ -182,11 +178,32 @@ def _expose_backbone_hooks(model: nn.Module, prefix: str, name: str) -> nn.Modul
 
 # ------------------------------------------------------------------------------ the models
 
-def _timm_kwargs(drop_path_rate, backbone_kwargs) -> dict:
+def _timm_kwargs(name: str, drop_path_rate, backbone_kwargs) -> dict:
+    """The backbone's ``timm.create_model`` options, checked before anything is built."""
     kwargs = dict(backbone_kwargs or {})
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
+    if kwargs:
+        check_model_options(name, kwargs, "the backbone options: --backbone-kwargs / "
+                            "model.kwargs, --drop-path")
     return kwargs
+
+
+def detector_argument_names() -> set[str]:
+    """The keyword arguments torchvision's ``MaskRCNN`` accepts besides those
+    :func:`maskrcnn_grootv` sets itself (it passes unknown ones on, silently ignored)."""
+    import inspect
+
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    names = set()
+    for cls in (MaskRCNN, FasterRCNN, GeneralizedRCNNTransform):
+        names |= {n for n, p in inspect.signature(cls.__init__).parameters.items()
+                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names - {"self", "backbone", "num_classes", "box_head", "box_predictor", "mask_head",
+                    "mask_predictor"}
 def maskrcnn_grootv(variant: str = "tiny", num_classes: int = 80, pretrained_backbone=None,
                     drop_path_rate: float | None = None, fpn_channels: int = 256,
                     box_head_dim: int = 1024, mask_head_channels: int = 256,
@@ -221,7 +238,12 @@ def maskrcnn_grootv(variant: str = "tiny", num_classes: int = 80, pretrained_bac
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
     name = resolve_variant(variant)
-    timm_kwargs = _timm_kwargs(drop_path_rate, backbone_kwargs)
+    unknown = sorted(set(maskrcnn_kwargs) - detector_argument_names())
+    if unknown:
+        raise UserError(f"MaskRCNN takes no argument {', '.join(map(repr, unknown))} "
+                        "(detection.detector_kwargs / --detector-kwargs); see "
+                        "torchvision.models.detection.MaskRCNN")
+    timm_kwargs = _timm_kwargs(name, drop_path_rate, backbone_kwargs)
     pyramid = TimmPyramid(name, **timm_kwargs)
     if pretrained_backbone is not None:
         load_backbone_weights(pyramid.body, name, pretrained_backbone, timm_kwargs)
@@ -259,7 +281,7 @@ def upernet_grootv(variant: str = "tiny", num_classes: int = 150, pretrained_bac
     import segmentation_models_pytorch as smp
 
     name = resolve_variant(variant)
-    timm_kwargs = _timm_kwargs(drop_path_rate, backbone_kwargs)
+    timm_kwargs = _timm_kwargs(name, drop_path_rate, backbone_kwargs)
     model = smp.UPerNet(encoder_name=f"tu-{name}", encoder_weights=None, classes=num_classes,
                         decoder_channels=decoder_channels, **timm_kwargs)
     if pretrained_backbone is not None:

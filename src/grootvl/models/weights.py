@@ -10,16 +10,15 @@ like a release file.
 The original release files are training snapshots, ``{"model": ..., "model_ema": ...,
 "optimizer": ..., "lr_scheduler": ..., "epoch": ..., "max_accuracy": ..., "config": ...}``,
 where ``config`` is a pickled yacs ``CfgNode``. ``torch.load(weights_only=True)`` refuses such
-objects; ``read_state_dict`` keeps the safe loader and stands an inert placeholder in for each
-foreign class (nothing from the file is executed), since only the weights are used.
+objects; files are read by :func:`grootvl.files.read_checkpoint`, which keeps the safe loader
+and stands an inert placeholder in for each foreign class (nothing from the file is
+executed), since only the weights are used, and turns every unreadable file into one error
+naming it.
 """
 from __future__ import annotations
 
-import os
-import pickle
 import re
 import warnings
-from collections import OrderedDict
 from os import PathLike
 from typing import Any, Mapping, NamedTuple
 
@@ -27,8 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..files import CheckpointError, check_finite, read_checkpoint
 
-__all__ = ["LoadResult", "checkpoint_filter_fn", "load_checkpoint", "load_weights", "read_state_dict",
+__all__ = ["LoadResult", "WeightsMismatch", "checkpoint_filter_fn", "fit_weights",
+           "load_checkpoint", "load_weights", "read_state_dict", "state_dict_of",
            "unfitting_classifier_keys"]
 
 _MODEL_KEYS = ("model", "state_dict", "module")
@@ -38,12 +39,24 @@ _SHOWN = 8  # keys listed per category in messages
 
 
 class LoadResult(NamedTuple):
-    """What ``load_checkpoint`` did: keys left at their initial values, keys ignored, and
-    which entry of the checkpoint file the weights came from (``""`` for a bare state dict)."""
+    """What ``load_checkpoint`` did: keys absent from the checkpoint (left at their initial
+    values), keys ignored, which entry of the checkpoint file the weights came from (``""``
+    for a bare state dict), and keys present in both but shaped otherwise (left at their
+    initial values too; only ``strict=False`` gets that far)."""
 
     missing_keys: list[str]
     unexpected_keys: list[str]
     source: str
+    mismatched_keys: list[str] = []
+
+
+class WeightsMismatch(RuntimeError):
+    """``load_checkpoint(strict=True)``: the weights do not fit the model. ``problems`` says
+    why, one readable item each (missing keys, unexpected keys, shapes, the architecture)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("the checkpoint does not fit the model:\n  " + "\n  ".join(problems))
 
 
 def read_state_dict(path_or_state: str | PathLike | Mapping[str, Any], use_ema: bool = False,
@@ -60,35 +73,33 @@ def read_state_dict(path_or_state: str | PathLike | Mapping[str, Any], use_ema: 
         weights_only: keep torch's safe unpickler (default). Pass False only for files you
             trust, if a checkpoint holds objects the placeholders cannot stand in for.
     """
-    ckpt = path_or_state if isinstance(path_or_state, Mapping) else \
-        read_checkpoint_file(path_or_state, map_location, weights_only)
+    if isinstance(path_or_state, Mapping):
+        return state_dict_of(path_or_state, use_ema, "the checkpoint")
+    ckpt = read_checkpoint(path_or_state, map_location, weights_only)
+    return state_dict_of(ckpt, use_ema, f"checkpoint {path_or_state}")
+
+
+def state_dict_of(ckpt: Any, use_ema: bool = False, where: str = "the checkpoint"
+                  ) -> tuple[dict[str, Tensor], str]:
+    """``(state_dict, source_key)`` of a checkpoint's content (see :func:`read_state_dict`);
+    a :class:`~grootvl.files.CheckpointError` naming ``where`` if it holds none."""
     if not isinstance(ckpt, Mapping):
-        raise TypeError(f"a checkpoint must be a dict of tensors or a training snapshot dict, "
-                        f"got {type(ckpt).__name__}")
+        raise CheckpointError(f"{where} holds a {type(ckpt).__name__}, not a state dict (a dict "
+                              "of tensors) or a training snapshot (a dict with 'model')")
     keys = _EMA_KEYS if use_ema else _MODEL_KEYS
     source = next((k for k in keys if isinstance(ckpt.get(k), Mapping)), "")
     if source:
         state = ckpt[source]
     elif use_ema:
-        raise ValueError(f"use_ema=True but the checkpoint has no EMA weights (none of {_EMA_KEYS}); "
-                         f"its top-level keys are {_preview(list(ckpt))}. Use use_ema=False.")
+        raise CheckpointError(f"{where} has no EMA weights (none of {_EMA_KEYS}; its top-level "
+                              f"keys are {_preview(list(ckpt))}); evaluate it without EMA")
     elif ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
         state = ckpt
     else:
-        raise ValueError(f"no state dict found in the checkpoint: expected one of {_MODEL_KEYS} or a "
-                         f"dict of tensors; its top-level keys are {_preview(list(ckpt))}")
-    return _strip_wrappers(dict(state)), source
-
-
-def read_checkpoint_file(path: str | PathLike, map_location: str | torch.device = "cpu",
-                         weights_only: bool = True) -> Any:
-    """The whole content of a checkpoint file (``.safetensors``: its dict of tensors)."""
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device=str(map_location))
-    return _torch_load(path, map_location, weights_only)
+        raise CheckpointError(f"{where} holds no state dict: expected one of {_MODEL_KEYS} "
+                              f"holding a dict of tensors, or a dict of tensors; its top-level "
+                              f"keys are {_preview(list(ckpt))}")
+    return _strip_wrappers(dict(state), where), source
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, Tensor]:
@@ -134,13 +145,14 @@ def load_checkpoint(
     mismatched = [(k, tuple(state[k].shape), tuple(target[k].shape)) for k in state
                   if k in target and state[k].shape != target[k].shape]
     if missing or unexpected or mismatched:
-        message = _mismatch_message(model, state, missing, unexpected, mismatched, classifier)
+        problems = _mismatch_problems(model, state, missing, unexpected, mismatched, classifier)
         if strict:
-            raise RuntimeError(message)
-        warnings.warn(message, stacklevel=2)
+            raise WeightsMismatch(problems)
+        warnings.warn("the checkpoint does not fit the model:\n  " + "\n  ".join(problems),
+                      stacklevel=2)
     skip = {k for k, _, _ in mismatched} | set(unexpected)
     model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
-    return LoadResult(missing, unexpected, source)
+    return LoadResult(missing, unexpected, source, [k for k, _, _ in mismatched])
 
 
 def load_pretrained_into(model: nn.Module, path: str | PathLike) -> None:
@@ -160,29 +172,37 @@ def load_pretrained_into(model: nn.Module, path: str | PathLike) -> None:
 
 
 def load_weights(model: nn.Module, path: str | PathLike, use_ema: bool = False,
-                 model_name: str = "the model", new_classifier: bool = False) -> list[str]:
-    """:func:`load_checkpoint` (strict, safe unpickling) for command-line tools: any problem
-    becomes a :class:`~grootvl.errors.UserError` naming the architecture the checkpoint was
-    saved from, when the file records it (``arch``, as training snapshots do).
+                 model_name: str = "the model", new_classifier: bool = False,
+                 what: str = "checkpoint") -> list[str]:
+    """:func:`load_checkpoint` (strict, safe unpickling) for command-line tools: every problem
+    is one :class:`~grootvl.errors.UserError` line naming the file: it cannot be read, holds
+    no weights, holds NaN weights, or does not fit ``model`` (naming the architecture it was
+    saved from, when the file records it as training snapshots do, in ``arch``).
 
     With ``new_classifier``, a classifier whose keys or shapes do not fit ``model`` (e.g. a
     1000-class release fine-tuned on 10 classes) is dropped and ``model`` keeps its own freshly
     initialised one; every other key stays strict. Returns the dropped checkpoint keys.
+    ``what`` names the file in messages (e.g. the option that gave it).
     """
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
-    arch = None
+    return fit_weights(model, read_checkpoint(path, what=what), f"{what} {path}", use_ema,
+                       model_name, new_classifier)
+
+
+def fit_weights(model: nn.Module, ckpt: Any, where: str, use_ema: bool = False,
+                model_name: str = "the model", new_classifier: bool = False) -> list[str]:
+    """:func:`load_weights` for a checkpoint already read (``ckpt``, the content of the file
+    ``where`` names)."""
+    arch = ckpt.get("arch") if isinstance(ckpt, Mapping) else None
+    state, _ = state_dict_of(ckpt, use_ema, where)
+    check_finite(state, where)
+    dropped = unfitting_classifier_keys(model, state) if new_classifier else []
     try:
-        ckpt = read_checkpoint_file(path)
-        arch = ckpt.get("arch") if isinstance(ckpt, Mapping) else None
-        state, _ = read_state_dict(ckpt, use_ema=use_ema)
-        dropped = unfitting_classifier_keys(model, state) if new_classifier else []
         load_checkpoint(model, state, reset_classifier=bool(dropped))
-    except (RuntimeError, ValueError, TypeError, KeyError, pickle.UnpicklingError, OSError) as exc:
+    except WeightsMismatch as exc:
         made_for = f" (it was saved from {arch})" if isinstance(arch, str) else ""
-        raise UserError(f"checkpoint {path} does not fit {model_name}{made_for}: {exc}\n"
-                        "Pick the matching --model (and number of classes), or another "
-                        "checkpoint.") from exc
+        raise UserError(f"{where} does not fit {model_name}{made_for}: "
+                        f"{'; '.join(exc.problems)}; pick the matching --model (and number of "
+                        "classes), or another checkpoint") from None
     return dropped
 
 
@@ -205,13 +225,14 @@ def unfitting_classifier_keys(model: nn.Module, state: Mapping[str, Tensor]) -> 
 
 # ---------------------------------------------------------------------- helpers
 
-def _strip_wrappers(state: dict[str, Any]) -> dict[str, Tensor]:
+def _strip_wrappers(state: dict[str, Any], where: str) -> dict[str, Tensor]:
     for prefix in _WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor) or not isinstance(k, str)]
     if bad:
-        raise ValueError(f"the state dict holds non-tensor entries {_preview(bad)}; is this a state dict?")
+        raise CheckpointError(f"{where}: its state dict holds non-tensor entries "
+                              f"{_preview(bad)}; is this a state dict?")
     return state
 
 
@@ -235,66 +256,26 @@ def describe_grootv(state: Mapping[str, Any]) -> str | None:
     return f"channels={stem.shape[0]}, depths={shape}"
 
 
-def _mismatch_message(model, state, missing, unexpected, mismatched, classifier) -> str:
-    lines = ["the checkpoint does not fit the model:"]
+def _mismatch_problems(model, state, missing, unexpected, mismatched, classifier) -> list[str]:
+    problems = []
     if missing:
-        lines.append(f"  missing from the checkpoint ({len(missing)}): {_preview(missing)}")
+        problems.append(f"missing from the checkpoint ({len(missing)}): {_preview(missing)}")
     if unexpected:
-        lines.append(f"  not in the model ({len(unexpected)}): {_preview(unexpected)}")
+        problems.append(f"not in the model ({len(unexpected)}): {_preview(unexpected)}")
     if mismatched:
         shown = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in mismatched]
-        lines.append(f"  shape mismatches ({len(mismatched)}): {_preview(shown, 4)}")
+        problems.append(f"shape mismatches ({len(mismatched)}): {_preview(shown, 4)}")
     head_only = all(k.startswith(classifier) for k in missing + unexpected + [k for k, _, _ in mismatched])
     if head_only:
-        lines.append(f"  only the classifier ({classifier}*) differs: pass reset_classifier=True to keep "
-                     "the model's own classifier (e.g. for another number of classes)")
+        problems.append(f"only the classifier ({classifier}*) differs: pass reset_classifier=True "
+                        "to keep the model's own classifier (e.g. for another number of classes)")
     else:
         found, wanted = describe_grootv(state), describe_grootv(model.state_dict())
         if found is None:
-            lines.append("  this is not a GrootV checkpoint (no patch_embed.conv2.weight)")
+            problems.append("this is not a GrootV checkpoint (no patch_embed.conv2.weight)")
         elif found != wanted:
-            lines.append(f"  it is a checkpoint of another architecture: GrootV with {found}, "
-                         f"but the model is GrootV with {wanted} (grootv_tiny: channels=80, "
-                         "depths=(2, 2, 9, 2); grootv_small: 96, (2, 2, 13, 2); grootv_base: 128, "
-                         "(2, 2, 13, 2))")
-    return "\n".join(lines)
-
-
-class _Placeholder:
-    """Inert stand-in for a class the safe unpickler does not know (e.g. a yacs config)."""
-
-    def __new__(cls, *args, **kwargs):
-        if cls._as_dict:
-            return OrderedDict()  # dict subclasses are filled by SETITEMS, which wants a dict
-        return object.__new__(cls)
-
-    def __setstate__(self, state) -> None:
-        pass
-
-
-def _torch_load(path: str, map_location, weights_only: bool) -> Any:
-    if not weights_only:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as first_error:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        if not names:
-            raise
-        placeholders = {n: type("Placeholder_" + re.sub(r"\W", "_", n), (_Placeholder,), {"_as_dict": False})
-                        for n in names}
-        for _ in range(len(names) + 1):
-            try:
-                with torch.serialization.safe_globals([(cls, n) for n, cls in placeholders.items()]):
-                    return torch.load(path, map_location=map_location, weights_only=True)
-            except (pickle.UnpicklingError, TypeError) as err:
-                # A placeholder that received dict items must become a dict: find which.
-                flip = [cls for cls in placeholders.values()
-                        if cls.__name__ in str(err) and not cls._as_dict]
-                if not flip:
-                    break
-                flip[0]._as_dict = True
-        raise pickle.UnpicklingError(
-            f"{path}: the checkpoint pickles objects other than tensors ({', '.join(names)}) that "
-            "could not be read safely. If you trust the file, pass weights_only=False."
-        ) from first_error
+            problems.append(f"it is a checkpoint of another architecture: GrootV with {found}, "
+                            f"but the model is GrootV with {wanted} (grootv_tiny: channels=80, "
+                            "depths=(2, 2, 9, 2); grootv_small: 96, (2, 2, 13, 2); grootv_base: "
+                            "128, (2, 2, 13, 2))")
+    return problems

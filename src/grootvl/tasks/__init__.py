@@ -32,6 +32,7 @@ def build_task(cfg: RunConfig):
 
 
 def train(cfg: RunConfig, output: str | os.PathLike, resume: str | None = None,
-          crash_at_step: int | None = None) -> dict:
+          crash_at_step: int | None = None, overwrite: bool = False) -> dict:
     """Train ``cfg`` (any task) into ``output``; see :func:`grootvl.engine.run_training`."""
-    return run_training(build_task(cfg), cfg, output, resume=resume, crash_at_step=crash_at_step)
+    return run_training(build_task(cfg), cfg, output, resume=resume, crash_at_step=crash_at_step,
+                        overwrite=overwrite)

@@ -7,18 +7,30 @@ ImageNet-1K recipe (the packaged ``grootv_tiny`` config), the packaged ``maskrcn
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      field_validator)
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..engine.config import ConfigSection, build_config, config_from_dict
 from ..engine.schema import EmaConfig, OptimConfig, SchedConfig, TrainConfig
 
-__all__ = ["PACKAGED_CONFIGS", "RunConfig", "TASKS", "load_config", "config_from_snapshot"]
+__all__ = ["ImageChannels", "ImageSize", "MAX_IMAGE_SIZE", "MAX_WIDTH", "PACKAGED_CONFIGS",
+           "RunConfig", "TASKS", "Width", "load_config", "config_from_snapshot"]
 
 PACKAGED_CONFIGS = "grootvl.configs"
 TASKS = ("classification", "detection", "segmentation")
+
+# Upper bounds, so that no value (least of all one read back from a checkpoint) can make a
+# process allocate without bound: image sides (pixels; ADE20K's training scale reaches
+# 4096) and layer widths of the dense heads (channels; the recipes use 256-1024).
+MAX_IMAGE_SIZE = 8192
+MAX_WIDTH = 4096
+ImageSize = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+ImageChannels = Literal[1, 3]  # images are decoded as grey or RGB
 
 
 class ModelConfig(ConfigSection):
@@ -41,8 +53,9 @@ class DataConfig(ConfigSection):
                              "ADE20K layout)")
     train_split: str = Field("train", description="training sub-folder / split name")
     val_split: str = Field("val", description="validation sub-folder / split name")
-    img_size: PositiveInt = Field(224, description="classification input size")
-    in_chans: PositiveInt = Field(3, description="image channels (1: grey)")
+    img_size: ImageSize = Field(224, description=f"classification input size (at most "
+                                f"{MAX_IMAGE_SIZE})")
+    in_chans: ImageChannels = Field(3, description="image channels: 3 (RGB) or 1 (grey)")
     interpolation: Literal["bicubic", "bilinear", "nearest"] = Field("bicubic", description="resize")
     crop_pct: float = Field(0.875, gt=0.0, le=1.0,
                             description="eval: resize to img_size / crop_pct, centre crop img_size")
@@ -58,7 +71,8 @@ class AugConfig(ConfigSection):
     auto_augment: str | None = Field("rand-m9-mstd0.5-inc1", description="RandAugment; null: off")
     color_jitter: NonNegativeFloat | None = Field(0.4, description="null or 0: off")
     scale: tuple[PositiveFloat, PositiveFloat] = Field(
-        (0.08, 1.0), description="random resized crop area range")
+        (0.08, 1.0), description="random resized crop area range (fractions of the image, "
+        "smallest first)")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
     reprob: float = Field(0.25, ge=0.0, le=1.0, description="random erasing probability")
     remode: Literal["pixel", "rand", "const"] = Field("pixel", description="random erasing fill")
@@ -70,6 +84,44 @@ class AugConfig(ConfigSection):
     mixup_mode: Literal["batch", "pair", "elem"] = Field("batch", description="timm Mixup mode")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="0: off")
 
+    @field_validator("auto_augment")
+    @classmethod
+    def _timm_policy(cls, spec: str | None) -> str | None:
+        if spec is not None:
+            check_auto_augment(spec)
+        return spec
+
+    @field_validator("scale")
+    @classmethod
+    def _area_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not scale[0] <= scale[1] <= 1.0:
+            raise ValueError("must be [smallest, largest] area fraction with 0 < smallest <= "
+                             "largest <= 1, e.g. [0.08, 1.0]")
+        return scale
+
+
+# keys of timm's auto-augment specs ("rand-m9-mstd0.5-inc1"): POLICY-KEYvalue-KEYvalue...
+_AUGMENT_KEYS = {"rand": ("mstd", "mmax", "inc", "m", "n", "p"),
+                 "augmix": ("mstd", "m", "w", "d", "a", "b")}
+_AUTO_POLICIES = ("original", "originalr", "v0", "v0r", "3a")
+
+
+def check_auto_augment(spec: str) -> None:
+    """A ValueError unless timm reads ``spec`` as an auto-augment policy; timm itself skips
+    a section it does not understand (``rand-bogus`` would be plain RandAugment)."""
+    policy, *sections = spec.split("-")
+    keys = _AUGMENT_KEYS.get(policy, ("mstd",) if policy in _AUTO_POLICIES else None)
+    if keys is None:
+        raise ValueError(f"unknown policy {policy!r}: use rand-..., augmix-..., "
+                         f"{', '.join(_AUTO_POLICIES)} (timm's auto_augment), or null")
+    for section in sections:
+        if policy == "rand" and section.startswith("t"):
+            continue  # rand-tNAME: a transform list
+        match = re.fullmatch(r"([a-z]+)(\d[\d.]*)", section)
+        if not match or match[1] not in keys:
+            raise ValueError(f"{section!r} is not a {policy} setting (KEY then a number, KEY one "
+                             f"of {', '.join(keys)}), e.g. rand-m9-mstd0.5-inc1")
+
 
 class DetectionConfig(ConfigSection):
     train_images: str | None = Field(None, description="null: DATA/train_split")
@@ -77,22 +129,39 @@ class DetectionConfig(ConfigSection):
         None, description="null: DATA/annotations/instances_<train_split>.json")
     val_images: str | None = Field(None, description="null: DATA/val_split")
     val_ann: str | None = Field(None, description="null: DATA/annotations/instances_<val_split>.json")
-    fpn_channels: PositiveInt = Field(256, description="FPN width")
-    box_head_dim: PositiveInt = Field(1024, description="box head fully connected width")
-    mask_head_channels: PositiveInt = Field(256, description="mask head convolution width")
-    min_size: PositiveInt = Field(800, description="shorter image side")
-    max_size: PositiveInt = Field(1333, description="longer image side at most")
+    fpn_channels: Width = Field(256, description="FPN width")
+    box_head_dim: Width = Field(1024, description="box head fully connected width")
+    mask_head_channels: Width = Field(256, description="mask head convolution width")
+    min_size: ImageSize = Field(800, description="shorter image side")
+    max_size: ImageSize = Field(1333, description="longer image side at most")
     detector_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra torchvision MaskRCNN arguments")
     eval_batch_size: PositiveInt = Field(1, description="images per evaluation batch")
 
+    @field_validator("detector_kwargs")
+    @classmethod
+    def _maskrcnn_arguments(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs:
+            import difflib
+
+            from ..models.dense import detector_argument_names
+
+            known = detector_argument_names()
+            for key in kwargs:
+                if key not in known:
+                    close = difflib.get_close_matches(key, sorted(known), n=3)
+                    raise ValueError(f"torchvision's MaskRCNN takes no argument {key!r}"
+                                     + (f"; did you mean {' or '.join(close)}?" if close else ""))
+        return kwargs
+
 
 class SegmentationConfig(ConfigSection):
-    num_classes: PositiveInt = Field(150, description="K: labels 1..K (0 = other, ignored)")
-    crop_size: PositiveInt = Field(512, description="training crop side")
-    scale: tuple[PositiveInt, PositiveInt] = Field(
+    num_classes: int = Field(150, ge=1, le=65535,
+                             description="K: labels 1..K (0 = other, ignored)")
+    crop_size: ImageSize = Field(512, description="training crop side")
+    scale: tuple[ImageSize, ImageSize] = Field(
         (2048, 512), description="base image scale (long side, short side)")
-    decoder_channels: PositiveInt = Field(512, description="UperNet width")
+    decoder_channels: Width = Field(512, description="UperNet width")
 
 
 class RunConfig(ConfigSection):

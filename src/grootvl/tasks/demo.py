@@ -24,18 +24,17 @@ __all__ = ["run_demo"]
 
 
 def run_demo(cfg: RunConfig, output: str | Path, resume: str | None = None,
-             crash_at_step: int | None = None) -> dict:
+             crash_at_step: int | None = None, overwrite: bool = False) -> dict:
     """Prepare the digits in ``cfg.data.path``, train ``cfg`` into ``output``, report.
 
-    Returns the ``metrics.json`` content.
+    ``resume`` and ``overwrite`` as in :func:`grootvl.engine.run_training`. Returns the
+    ``metrics.json`` content.
     """
     start = time.perf_counter()
     output = Path(output)
     prepare_digits_folder(cfg.data.path, size=cfg.data.img_size)
-    if resume is None and (output / LOG_FILE).exists():
-        (output / LOG_FILE).unlink()  # a fresh demo run starts a fresh log
     summary = run_training(ClassificationTask(cfg), cfg, output, resume=resume,
-                           crash_at_step=crash_at_step)
+                           crash_at_step=crash_at_step, overwrite=overwrite)
     epochs = [r for r in read_jsonl(output / LOG_FILE) if r.get("event") == "epoch"]
     curve = output / "training_curve.png"
     plot_training_curve(epochs, curve)
@@ -44,11 +43,11 @@ def run_demo(cfg: RunConfig, output: str | Path, resume: str | None = None,
     last = epochs[-1]
     metrics = {
         "test_accuracy": last.get("val_top1"), "test_loss": last.get("val_loss"),
-        "best_test_accuracy": summary["best_top1"], "test_images": last.get("val_count"),
+        "best_test_accuracy": summary.get("best_top1"), "test_images": last.get("val_count"),
         "model": cfg.model.name, "model_kwargs": cfg.model.kwargs,
         "epochs": [{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_top1", "val_top5",
                                           "lr", "epoch_time_s")} for r in epochs],
-        "train_time_s": summary["run_time_s"], "wall_time_s": round(time.perf_counter() - start, 2),
+        "train_time_s": summary.get("run_time_s"), "wall_time_s": round(time.perf_counter() - start, 2),
         "checkpoint": str(output / "last.pth"), "training_curve": str(curve),
         "tree_figure": str(tree_png),
     }

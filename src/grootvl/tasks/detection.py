@@ -12,7 +12,7 @@ from ..engine import distributed as D
 from ..engine.amp import resolve_amp
 from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
-from ..engine.task import Batch
+from ..engine.task import Batch, drop_replaced
 from ..errors import UserError
 from ..models.dense import maskrcnn_grootv
 from .common import check_same_model, load_snapshot_weights, read_task_snapshot
@@ -45,16 +45,22 @@ class CocoEvaluator:
         self.dataset = dataset
         self.category_ids = category_ids
         self.results: list[dict] = []
+        self.skipped = 0
 
     def update(self, model: nn.Module, batch: Batch) -> None:
+        self.skipped += batch.skipped
+        if batch.size == 0:  # every image of the batch was unreadable
+            return
         for output, target in zip(model(batch.inputs), batch.targets):
             self.results.extend(detections_to_coco(output, target["image_id"], self.category_ids))
 
     def compute(self) -> dict:
         gathered = [r for part in D.all_gather_object(self.results) for r in part]
+        skipped = sum(D.all_gather_object(self.skipped))
         metrics = None
         if D.is_main_process():
             metrics = coco_evaluate(self.dataset.coco, gathered, self.dataset.ids)
+            metrics["skipped_images"] = skipped  # unreadable: no detections, counted as misses
         return D.broadcast_object(metrics)
 
 
@@ -102,11 +108,11 @@ class DetectionTask:
         return maskrcnn_grootv(**self.model_options(), pretrained_backbone=init)
 
     def prepare_batch(self, batch, device: torch.device, training: bool) -> Batch:
-        images, targets = batch
+        images, targets, replaced = drop_replaced(*batch, training)
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                     for k, v in t.items()} for t in targets]
-        return Batch(images, targets, size=len(images))
+        return Batch(images, targets, size=len(images), skipped=replaced)
 
     def losses(self, model: nn.Module, batch: Batch) -> dict:
         return model(batch.inputs, batch.targets)
@@ -140,18 +146,27 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike |
     """
     images, ann = coco_paths("val", data, split, images, ann)
     dataset = CocoInstances(images, ann, image_argument="--val-images", ann_argument="--val-ann")
-    snapshot, cfg = read_task_snapshot(checkpoint, "detection", "det-train")
+    snapshot, cfg = read_task_snapshot(checkpoint, "detection", "det-train", flags={
+        "detection.eval_batch_size": (batch_size, "--batch-size"),
+        "data.num_workers": (workers, "--workers"), "train.device": (device, "--device"),
+        "train.amp": (amp, "--amp"), "train.progress": (progress, "--progress")})
     task = DetectionTask(cfg)
-    task.category_ids = [c["id"] for c in snapshot["categories"]]
+    categories = snapshot.get("categories")
+    if not isinstance(categories, list) or not all(
+            isinstance(c, dict) and "id" in c for c in categories):
+        raise UserError(f"--checkpoint {checkpoint}: its 'categories' entry is not a list of "
+                        "{id, name} objects; the snapshot is damaged")
+    task.category_ids = [c["id"] for c in categories]
     dataset.use_categories(task.category_ids)
     task.val_set = dataset
     model = load_snapshot_weights(task.build_model(pretrained=False), snapshot, checkpoint)
-    env = D.init_distributed(device)
+    env = D.init_distributed(cfg.train.device)
     try:
         model.to(env.device)
-        loader = eval_loader(dataset, batch_size, env, workers, collate_fn=collate_detection)
-        metrics = evaluate(task, model, loader, env, resolve_amp(amp, env.device),
-                           progress_mode=progress)
+        loader = eval_loader(dataset, cfg.detection.eval_batch_size, env, cfg.data.num_workers,
+                             collate_fn=collate_detection)
+        metrics = evaluate(task, model, loader, env, resolve_amp(cfg.train.amp, env.device),
+                           progress_mode=cfg.train.progress)
     finally:
         D.teardown_distributed()
     return {"checkpoint": str(checkpoint), "annotations": str(ann), **metrics}

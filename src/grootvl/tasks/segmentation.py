@@ -13,7 +13,7 @@ from ..engine import distributed as D
 from ..engine.amp import resolve_amp
 from ..engine.evaluation import evaluate
 from ..engine.sampling import eval_loader
-from ..engine.task import Batch
+from ..engine.task import Batch, drop_replaced
 from ..errors import UserError
 from ..models.dense import upernet_grootv
 from .common import check_same_model, load_snapshot_weights, read_task_snapshot
@@ -48,15 +48,21 @@ class ConfusionEvaluator:
 
     def __init__(self, num_classes: int, device: torch.device):
         self.confusion = SegmentationConfusion(num_classes, IGNORE_INDEX, device=device)
+        self.skipped = 0
 
     def update(self, model: nn.Module, batch: Batch) -> None:
+        self.skipped += batch.skipped
+        if batch.size == 0:  # the image was unreadable
+            return
         logits = predict_whole(model, batch.inputs, tuple(batch.targets.shape[-2:]))
         self.confusion.update(logits.argmax(1), batch.targets)
 
     def compute(self) -> dict:
         self.confusion.all_reduce()
+        skipped = sum(D.all_gather_object(self.skipped))
         # names are the label values in the PNGs (class k is stored as k + 1)
-        return self.confusion.metrics([str(k + 1) for k in range(self.confusion.num_classes)])
+        metrics = self.confusion.metrics([str(k + 1) for k in range(self.confusion.num_classes)])
+        return {**metrics, "skipped_images": skipped}
 
 
 class SegmentationTask:
@@ -98,9 +104,11 @@ class SegmentationTask:
         return upernet_grootv(**self.model_options(), pretrained_backbone=init)
 
     def prepare_batch(self, batch, device: torch.device, training: bool) -> Batch:
-        images, labels = batch[0], batch[1]  # evaluation items also carry the image name
+        # evaluation items also carry the image name; the last entry counts skipped files
+        images, labels, replaced = drop_replaced(batch[0], batch[1], batch[-1], training)
         images = images.to(device, non_blocking=True)
-        return Batch(images, labels.to(device, non_blocking=True), size=images.shape[0])
+        return Batch(images, labels.to(device, non_blocking=True), size=images.shape[0],
+                     skipped=replaced)
 
     def losses(self, model: nn.Module, batch: Batch) -> dict:
         return {"loss_ce": segmentation_loss(model(batch.inputs), batch.targets)}
@@ -126,16 +134,20 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str | os.PathLike,
     """mIoU, mAcc, aAcc and per-class IoU (percent) of a ``seg-train`` snapshot on one split
     of an ADE20K-format folder; ``scale`` defaults to the snapshot's config. Works under
     torchrun; every process returns the metrics."""
-    snapshot, cfg = read_task_snapshot(checkpoint, "segmentation", "seg-train")
+    snapshot, cfg = read_task_snapshot(checkpoint, "segmentation", "seg-train", flags={
+        "segmentation.scale": (scale, "--scale"), "data.num_workers": (workers, "--workers"),
+        "train.device": (device, "--device"), "train.amp": (amp, "--amp"),
+        "train.progress": (progress, "--progress")})
     task = SegmentationTask(cfg)
     dataset = ADESegmentation(data, split, cfg.segmentation.num_classes,
-                              scale=scale or cfg.segmentation.scale)
+                              scale=cfg.segmentation.scale)
     model = load_snapshot_weights(task.build_model(pretrained=False), snapshot, checkpoint)
-    env = D.init_distributed(device)
+    env = D.init_distributed(cfg.train.device)
     try:
         model.to(env.device)
-        metrics = evaluate(task, model, eval_loader(dataset, 1, env, workers), env,
-                           resolve_amp(amp, env.device), progress_mode=progress)
+        metrics = evaluate(task, model, eval_loader(dataset, 1, env, cfg.data.num_workers), env,
+                           resolve_amp(cfg.train.amp, env.device),
+                           progress_mode=cfg.train.progress)
     finally:
         D.teardown_distributed()
     return {"checkpoint": str(checkpoint), "data": str(data), **metrics}
