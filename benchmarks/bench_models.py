@@ -1,51 +1,277 @@
-"""GrootV-T CPU inference latency relative to timm's ConvNeXt-T, and where GrootV's time goes.
+"""GrootV-T against ConvNeXt-T (and MambaOut-T, Swin-T) on CPU: time and training memory.
 
-    python benchmarks/bench_models.py [--batch 8] [--size 224] [--rounds 10] [--threads N]
+    python benchmarks/bench_models.py [--batch 8] [--size 224] [--threads 2] [--rounds 5]
+                                      [--sections inference,train,saved,peak,grootl,breakdown]
 
-Both models run in eval mode under ``torch.inference_mode`` with random weights (nothing is
-downloaded). Forward passes alternate between the two models (so load from other processes
-hits both alike) and the medians are compared; the target is GrootV-T / ConvNeXt-T <= 1.25.
-The breakdown then times GrootV-T's tree construction (``grid_tree``: edge costs, MST, BFS),
-tree scans (``tree_scan``) and the rest of its Tree SSM layers by wrapping those functions
-and hooking the layers for a few extra passes. CPU time (all threads of this process) is
-printed too: on a machine shared with other jobs it is steadier than wall-clock time.
+Everything is measured in one run, the way a user would: ``import torch`` comes first, random
+weights (nothing is downloaded), float32.
+
+* inference: one forward pass per model under ``torch.inference_mode``;
+* train: one training step per model (forward, cross-entropy, backward, AdamW step), models
+  in train mode with their default drop-path rates; "grootv_tiny plain" is GrootV-T with
+  ``lean_backward`` off (plain autograd through the Tree SSM and MLP: the path before the
+  memory-lean ops, same numbers);
+* saved: the bytes autograd keeps for backward during one training forward pass, counted with
+  ``torch.autograd.graph.saved_tensors_hooks`` over unique storages (weights and the input
+  images included, for every model alike). This decides the batch that fits in memory;
+* peak: the peak resident memory of a training step above the memory the process held
+  before it (the second step, in a fresh subprocess per model; glibc told to return large
+  freed blocks to the OS at once, so that resident memory follows the memory in use), read
+  from /proc (Linux only);
+* grootl: a GrootL forward (chain + tree scan, context 256) against the stock transformers
+  Mamba forward it modifies (batch 4, sequence 512, hidden 256);
+* breakdown: where GrootV-T's inference time goes (tree construction, tree scans, the rest).
+
+Timed sections alternate between the models round by round, so load from other processes
+hits all of them alike; ratios are given as the median of per-round ratios (each round sees
+one load level) next to the ratio of medians. The process CPU time is printed too.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
+import subprocess
+import sys
 import time
 
-import grootvl  # noqa: F401  registers grootv_*
-import grootvl.layers.tree_ssm as tree_ssm
+import torch  # first, as a user's program would
 import timm
-import torch
+
+import grootvl  # noqa: F401  (registers the grootv_* models)
+import grootvl.layers.tree_ssm as tree_ssm
+
+BASELINE = "convnext_tiny"
+MODELS = {  # label: (timm name, kwargs)
+    "grootv_tiny": ("grootv_tiny", {}),
+    "grootv_tiny stage": ("grootv_tiny", {"tree_sharing": "stage"}),
+    # the same model with lean_backward off: plain autograd keeps every intermediate (how
+    # GrootV trained before the memory-lean ops; same numbers)
+    "grootv_tiny plain": ("grootv_tiny", {}),
+    "convnext_tiny": ("convnext_tiny", {}),
+    "mambaout_tiny": ("mambaout_tiny", {}),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", {}),
+}
+TARGETS = {"inference": 1.15, "train": 1.1, "saved": 1.15}  # GrootV-T / ConvNeXt-T
+GROOTL_TARGET = 1.25  # GrootL forward / Mamba forward
+SECTIONS = ("inference", "train", "saved", "peak", "grootl", "breakdown")
 
 
-def _time(model, x) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
+def create(label: str, size: int) -> torch.nn.Module:
+    name, kwargs = MODELS[label]
+    if name.startswith("swin"):
+        kwargs = dict(kwargs, img_size=size)
+    model = timm.create_model(name, **kwargs)
+    if label.endswith(" plain"):
+        for module in model.modules():
+            if hasattr(module, "lean_backward"):
+                module.lean_backward = False
+    return model
 
 
-def latency(models: dict, x: torch.Tensor, rounds: int, warmup: int = 2
-            ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Interleaved wall-clock and process CPU times of one forward pass per model."""
-    wall = {name: [] for name in models}
-    cpu = {name: [] for name in models}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for model in models.values():
-                model(x)
-        for _ in range(rounds):
-            for name, model in models.items():
-                start = time.process_time()
-                wall[name].append(_time(model, x))
-                cpu[name].append(time.process_time() - start)
+# ----------------------------------------------------------------------------- timing
+
+def interleaved(steps: dict, rounds: int, warmup: int = 1
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per call of each step, round by round."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    wall = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            step()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     return wall, cpu
 
 
-def breakdown(model, x: torch.Tensor, passes: int = 3) -> dict[str, float]:
+def report(title: str, wall: dict, cpu: dict, baseline: str, target_key: str | None) -> dict:
+    """Print medians and ratios to the baseline; returns {label: median per-round ratio}."""
+    if title:
+        print(f"\n{title}")
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    ratios = {}
+    for name, values in wall.items():
+        paired = statistics.median(a / b for a, b in zip(values, wall[baseline]))
+        ratios[name] = paired
+        cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu[baseline])
+        print(f"  {name:18s} {med[name] * 1e3:8.0f} ms  [min {min(values) * 1e3:.0f}]  "
+              f"x{paired:5.2f} per round, x{med[name] / med[baseline]:.2f} of medians, "
+              f"CPU time {statistics.median(cpu[name]) * 1e3:.0f} ms (x{cpu_ratio:.2f})")
+    if target_key:
+        verdict(f"{target_key}: grootv_tiny / {baseline}", ratios["grootv_tiny"],
+                TARGETS[target_key])
+    return ratios
+
+
+def verdict(what: str, value: float, target: float) -> None:
+    print(f"  => {what} = {value:.2f}  {'PASS' if value <= target else 'MISS'} "
+          f"(target <= {target})")
+
+
+def inference_section(models: dict, x: torch.Tensor, rounds: int) -> None:
+    for model in models.values():
+        model.eval()
+
+    def forward(model):
+        def step():
+            with torch.inference_mode():
+                model(x)
+        return step
+
+    wall, cpu = interleaved({k: forward(m) for k, m in models.items()}, rounds)
+    report("Inference (forward under inference_mode), per batch:", wall, cpu, BASELINE,
+           "inference")
+
+
+def training_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor):
+    """One AdamW training step (zero_grad, forward, cross-entropy, backward, step)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+    return step
+
+
+def train_section(models: dict, x: torch.Tensor, labels: torch.Tensor, rounds: int) -> None:
+    steps = {k: training_step(m, x, labels) for k, m in models.items()}
+    wall, cpu = interleaved(steps, rounds)
+    report("Training step (forward + backward + AdamW step), per batch:", wall, cpu, BASELINE,
+           "train")
+    for model in models.values():  # drop gradients and optimizer state before what follows
+        model.zero_grad(set_to_none=True)
+    del steps
+    gc.collect()
+
+
+# ----------------------------------------------------------------------------- memory
+
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the unique storages autograd saves for backward in one training forward."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(seen.values())
+
+
+def saved_section(models: dict, x: torch.Tensor) -> None:
+    print("\nBytes saved for backward in one training forward pass (unique storages):")
+    sizes = {name: saved_bytes(m, x) for name, m in models.items()}
+    for name, size in sizes.items():
+        print(f"  {name:18s} {size / 2**30:7.3f} GiB  x{size / sizes[BASELINE]:.2f}")
+    verdict(f"saved: grootv_tiny / {BASELINE}", sizes["grootv_tiny"] / sizes[BASELINE],
+            TARGETS["saved"])
+
+
+def _memory_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_child(label: str, batch: int, size: int) -> None:
+    """In a fresh process: peak RSS of a training step above the RSS before it."""
+    import ctypes
+
+    # Blocks of 64 KiB and more get their own mappings, returned to the OS when freed (glibc
+    # otherwise keeps freed blocks of up to 32 MiB in its heap, and the RSS would not follow
+    # the memory in use).
+    ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    torch.manual_seed(0)
+    model = create(label, size)
+    x = torch.randn(batch, 3, size, size)
+    labels = torch.randint(0, 1000, (batch,))
+    step = training_step(model, x, labels)
+    step()  # AdamW state now exists; kernels are compiled or loaded
+    gc.collect()
+    before = _memory_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    step()
+    print(f"PEAK {(_memory_kib('VmHWM') - before) * 1024}")
+
+
+def peak_section(args, labels: list[str]) -> None:
+    print("\nPeak resident memory of a training step above the process's memory before it "
+          "(second step in a fresh process per model, large blocks returned to the OS when "
+          "freed; gradients, released by zero_grad, are recreated within the step):")
+    if not os.path.exists("/proc/self/clear_refs"):
+        print("  not measurable here (needs Linux /proc and glibc)")
+        return
+    peaks = {}
+    for label in labels:
+        cmd = [sys.executable, __file__, "--peak-child", label, "--batch", str(args.batch),
+               "--size", str(args.size), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK ")]
+        if out.returncode or not lines:
+            print(f"  {label:18s} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        peaks[label] = int(lines[-1].split()[1])
+    for label, peak in peaks.items():
+        ratio = f"x{peak / peaks[BASELINE]:.2f}" if BASELINE in peaks else ""
+        print(f"  {label:18s} {peak / 2**30:7.3f} GiB  {ratio}")
+
+
+# ----------------------------------------------------------------------------- GrootL
+
+def grootl_section(rounds: int) -> None:
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from grootvl.grootl import enable_tree_scanning
+
+    batch, seq, hidden, context = 4, 512, 256, 256
+    config = MambaConfig(vocab_size=256, hidden_size=hidden, num_hidden_layers=2, state_size=16)
+    torch.manual_seed(0)
+    mamba = MambaForCausalLM(config).eval()
+    grootl = MambaForCausalLM(config).eval()
+    grootl.load_state_dict(mamba.state_dict())
+    enable_tree_scanning(grootl)
+    ids = torch.randint(0, 256, (batch, seq))
+
+    def forward(model, **kwargs):
+        def step():
+            with torch.inference_mode():
+                model(ids, **kwargs)
+        return step
+
+    # transformers' Mamba takes a different CPU path with a cache (the default: use_cache
+    # from the config) than without one; both are timed
+    steps = {}
+    for cache in (False, True):
+        steps[f"mamba, cache {cache}"] = forward(mamba, use_cache=cache)
+        steps[f"grootl, cache {cache}"] = forward(grootl, use_cache=cache, context_length=context)
+    wall, cpu = interleaved(steps, rounds)
+    title = (f"GrootL vs stock Mamba forward (batch {batch}, sequence {seq}, hidden {hidden}, "
+             f"2 layers, state 16, context {context}), use_cache False / True:")
+    print(f"\n{title}")
+    for cache in (False, True):
+        pair = {k: v for k, v in wall.items() if k.endswith(str(cache))}
+        ratios = report("", pair, {k: cpu[k] for k in pair}, f"mamba, cache {cache}", None)
+        verdict(f"grootl / mamba, use_cache={cache}", ratios[f"grootl, cache {cache}"],
+                GROOTL_TARGET)
+
+
+# ----------------------------------------------------------------------------- breakdown
+
+def breakdown(model: torch.nn.Module, x: torch.Tensor, passes: int = 3) -> dict[str, float]:
     """Median seconds per forward pass: tree construction, tree scans, the rest of the Tree
     SSM layers (projections, depthwise conv, element-wise SSM math, norms), everything else."""
     spent = {"tree construction": 0.0, "tree scan": 0.0, "Tree SSM layers": 0.0}
@@ -67,17 +293,22 @@ def breakdown(model, x: torch.Tensor, passes: int = 3) -> dict[str, float]:
         spent["Tree SSM layers"] += time.perf_counter() - starts.pop()
 
     layers = [m for m in model.modules() if isinstance(m, tree_ssm.TreeSSM)]
-    hooks = [h for m in layers for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    hooks = [h for m in layers
+             for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
     tree_ssm.grid_tree = timed(originals["grid_tree"], "tree construction")
     tree_ssm.tree_scan = timed(originals["tree_scan"], "tree scan")
     rows = []
     try:
+        model.eval()
         with torch.inference_mode():
             for _ in range(passes):
                 spent.update({k: 0.0 for k in spent})
-                total = _time(model, x)
+                start = time.perf_counter()
+                model(x)
+                total = time.perf_counter() - start
                 tree = spent["tree construction"] + spent["tree scan"]
-                rows.append({"tree construction": spent["tree construction"], "tree scan": spent["tree scan"],
+                rows.append({"tree construction": spent["tree construction"],
+                             "tree scan": spent["tree scan"],
                              "Tree SSM, other": spent["Tree SSM layers"] - tree,
                              "rest": total - spent["Tree SSM layers"], "total": total})
     finally:
@@ -87,44 +318,65 @@ def breakdown(model, x: torch.Tensor, passes: int = 3) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+def breakdown_section(model: torch.nn.Module, x: torch.Tensor) -> None:
+    parts = breakdown(model, x)
+    print("\nGrootV-T inference time per forward pass (median of 3 timed passes):")
+    notes = {"Tree SSM, other": "in/out/x/dt projections, depthwise conv, element-wise SSM math",
+             "rest": "MLPs, block norms, residuals, stem, downsampling, head"}
+    for key in ("tree construction", "tree scan", "Tree SSM, other", "rest"):
+        print(f"  {key:18s} {parts[key] * 1e3:8.1f} ms  {parts[key] / parts['total']:6.1%}  "
+              f"{notes.get(key, '')}")
+
+
+# ----------------------------------------------------------------------------- main
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--tree-sharing", default="block", choices=["block", "stage"])
+    parser.add_argument("--threads", type=int, default=2, help="torch and numba threads")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per section")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of: " + ",".join(SECTIONS))
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated subset of: " + ",".join(MODELS))
+    parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    models = {
-        "grootv_tiny": timm.create_model("grootv_tiny", tree_sharing=args.tree_sharing).eval(),
-        "convnext_tiny": timm.create_model("convnext_tiny").eval(),
-    }
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    torch.set_num_threads(args.threads)
+    import numba
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    if args.peak_child:
+        peak_child(args.peak_child, args.batch, args.size)
+        return
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    chosen = args.models.split(",")
+    if set(chosen) - set(MODELS) or not {"grootv_tiny", BASELINE} <= set(chosen):
+        parser.error(f"--models: choose from {','.join(MODELS)}, including grootv_tiny and "
+                     f"{BASELINE}")
     print(f"CPU, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, "
-          f"float32, inference_mode, {args.rounds} interleaved rounds (medians; min in brackets)")
-    times, cpu = latency(models, x, args.rounds)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for name, values in times.items():
-        print(f"  {name:14s} {med[name] * 1e3:8.1f} ms/batch  [{min(values) * 1e3:.1f}]  "
-              f"spread {(max(values) - min(values)) / med[name]:.0%}  "
-              f"CPU time {statistics.median(cpu[name]) * 1e3:.0f} ms")
-    ratio = med["grootv_tiny"] / med["convnext_tiny"]
-    # each round times the two models back to back, so a round's ratio sees one load level
-    paired = statistics.median(g / c for g, c in zip(times["grootv_tiny"], times["convnext_tiny"]))
-    cpu_ratio = statistics.median(cpu["grootv_tiny"]) / statistics.median(cpu["convnext_tiny"])
-    print(f"  ratio grootv_tiny / convnext_tiny = {ratio:.2f} (target <= 1.25)")
-    print(f"    median of per-round ratios {paired:.2f}, best-of ratio "
-          f"{min(times['grootv_tiny']) / min(times['convnext_tiny']):.2f}, CPU-time ratio "
-          f"{cpu_ratio:.2f} (these three are less sensitive to other processes)")
-    parts = breakdown(models["grootv_tiny"], x)
-    print("GrootV-T time per forward pass (median of 3 timed passes):")
-    notes = {"Tree SSM, other": "in/out/x/dt projections, depthwise conv, element-wise SSM math, norms",
-             "rest": "MLPs, block norms, residuals, stem, downsampling, head"}
-    for key in ("tree construction", "tree scan", "Tree SSM, other", "rest"):
-        print(f"  {key:18s} {parts[key] * 1e3:8.1f} ms  {parts[key] / parts['total']:6.1%}  {notes.get(key, '')}")
+          f"float32, {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    labels = torch.randint(0, 1000, (args.batch,))
+    models = {label: create(label, args.size) for label in chosen} \
+        if {"inference", "train", "saved", "breakdown"} & set(sections) else {}
+    if "inference" in sections:
+        inference_section(models, x, args.rounds)
+    if "train" in sections:
+        train_section(models, x, labels, args.rounds)
+    if "saved" in sections:
+        saved_section(models, x)
+    if "peak" in sections:
+        peak_section(args, chosen)
+    if "grootl" in sections:
+        grootl_section(args.rounds)
+    if "breakdown" in sections:
+        breakdown_section(models["grootv_tiny"], x)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
     python benchmarks/gpu_check.py --only figures,models       # rerun some sections
 Part 1 (CHECK lines, OK/FAIL): the Triton scan (forward and backward, "full" and "subtree",
 float32 and bfloat16 inputs, through the public ``tree_scan``) against the dense oracle; the
+memory-lean ``selective_tree_scan`` on the device (torch stages, Triton scan) against the plain
+autograd composition it replaces (values and every gradient); the
 raw kernels at the benchmark shape against the CPU numba scan; device tree construction
 (torch Boruvka + BFS) against the CPU numba path (same MST edge sets, same parents).
 Part 2 (FIGURE lines, PASS/MISS against the target, medians after warm-up, CUDA events):
@@ -15,6 +17,7 @@ Part 2 (FIGURE lines, PASS/MISS against the target, medians after warm-up, CUDA 
   launch-configuration sweep of the raw kernels                          (informative)
   GrootV-T vs timm convnext_tiny img/s: training (batch 64, bf16 autocast, AdamW step) and
   inference (batch 128, bf16 autocast)          target: GrootV-T inference >= 0.6x ConvNeXt-T
+  and the CUDA allocator's training peak memory of both (batch 64)
   GrootV-T training img/s compiled (grootvl.compile.compile_model, default torch.compile) vs
   eager, and the compile time                   (no target; the dry run uses the aot_eager
                                                 backend: Inductor's CPU build takes minutes)
@@ -32,7 +35,7 @@ import time
 import traceback
 
 
-SECTIONS = ("oracle", "scale", "tree", "figures", "models", "compile", "sweep")
+SECTIONS = ("oracle", "lean", "scale", "tree", "figures", "models", "compile", "sweep")
 
 
 def _parse_args():
@@ -212,6 +215,47 @@ def part1_scan_vs_oracle() -> None:
               and err < 1e-5, f"out dtype {y.dtype}, rel err {err:.1e} (tol 1e-5)")
 
 
+def part1_lean_op() -> None:
+    """selective_tree_scan (training path of TreeSSM) vs the plain autograd composition."""
+    import torch.nn.functional as F
+
+    from grootvl.ops.selective_tree_scan import selective_tree_scan
+    from grootvl.ops.ssm_elementwise import discretize, ssm_output
+
+    gen = torch.Generator().manual_seed(5)
+    B, H, W, D = CHECK_SHAPE
+    R, C, L = 3, 16, H * W
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(DEVICE).requires_grad_(True)
+
+    tensors = [rand(B, L, D), rand(B, L, D), rand(R + 2, D, scale=D ** -0.5),
+               rand(D, R, scale=R ** -0.5), rand(D, scale=0.5), rand(D, scale=0.5), rand(D),
+               rand(D), rand(D), rand(D), rand(D), rand(C, D, scale=D ** -0.5)]
+    conv_out, z, wx, wdt, bdt, a_log, skip, hw, hb, ow, ob, wo = tensors
+    grad = torch.randn(B, L, C, generator=gen).to(DEVICE)
+    trees = [grid_tree(torch.randn(B, 8, H, W, generator=gen).to(DEVICE)), random_tree(B, L, gen)]
+    for mode in ("full", "subtree"):
+        for count in (1, 2):
+            used = trees[:count]
+            xs = F.silu(conv_out)
+            x_dbl = F.linear(xs, wx)
+            u, decay = discretize(x_dbl[..., :R], wdt, bdt, xs, x_dbl[..., R:R + 1],
+                                  -torch.exp(a_log))
+            h = sum(tree_scan(u, decay, t, mode, impl="triton") for t in used)
+            plain = F.linear(ssm_output(h, x_dbl[..., R + 1:], xs, z, skip, (hw, hb, 1e-5),
+                                        (ow, ob, 1e-5)), wo)
+            ref = torch.autograd.grad(plain, tensors, grad)
+            lean = selective_tree_scan(conv_out, z, wx, wdt, bdt, a_log, skip, (hw, hb, 1e-5),
+                                       (ow, ob, 1e-5), wo, used, mode, scan_impl="triton",
+                                       impl="torch")
+            got = torch.autograd.grad(lean, tensors, grad)
+            errs = [rel_err(lean, plain)] + [rel_err(g, r) for g, r in zip(got, ref)]
+            check(f"selective_tree_scan {mode}, {count} tree(s): torch stages + triton scan vs "
+                  f"plain autograd", max(errs) < 1e-4,
+                  f"rel err out {errs[0]:.1e}, worst gradient {max(errs[1:]):.1e} (tol 1e-4)")
+
+
 def part1_kernels_at_scale() -> None:
     """Deep trees (hundreds of levels) and many channel blocks, against the numba scan."""
     gen = torch.Generator().manual_seed(1)
@@ -327,8 +371,10 @@ def part2_launch_sweep() -> None:
         RESULTS["sweep"][f"{bv},{bc},{nw}"] = {"forward_ms": fwd, "backward_ms": bwd}
 
 
-def _throughput(model, batch: int, train: bool) -> float:
-    """Images per second, bf16 autocast; training includes backward and an AdamW step."""
+def _throughput(model, batch: int, train: bool) -> tuple[float, int | None]:
+    """Images per second, bf16 autocast; training includes backward and an AdamW step. Also
+    the CUDA allocator's peak during the steps (weights, gradients, AdamW state, activations);
+    None on CPU."""
     size = MODEL["image"]
     images = torch.randn(batch, 3, size, size, device=DEVICE)
     labels = torch.randint(0, 1000, (batch,), device=DEVICE)
@@ -350,8 +396,12 @@ def _throughput(model, batch: int, train: bool) -> float:
         def step():
             with torch.inference_mode(), autocast:
                 model(images)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
     sec = medians({"step": step}, reps=MODEL["reps"], warmup=MODEL["warmup"])["step"]
-    return batch / sec
+    peak = torch.cuda.max_memory_allocated(DEVICE) if DEVICE.type == "cuda" else None
+    return batch / sec, peak
 
 
 def part2_models() -> None:
@@ -362,7 +412,7 @@ def part2_models() -> None:
                                                "bf16 autocast (GrootV scans in float32)"))
     if DEVICE.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    rates = {}
+    rates, peaks = {}, {}
     for name in ("grootv_tiny", "convnext_tiny"):
         try:
             model = timm.create_model(name).to(DEVICE)
@@ -370,8 +420,13 @@ def part2_models() -> None:
             print(f"  {name}: not available ({type(err).__name__}: {err}); skipped")
             continue
         for mode, batch in (("train", MODEL["train_batch"]), ("infer", MODEL["infer_batch"])):
-            rates[(name, mode)] = _throughput(model, batch, train=mode == "train")
-            print(f"  {name:14s} {mode:5s} {rates[(name, mode)]:9.4g} img/s", flush=True)
+            rates[(name, mode)], peak = _throughput(model, batch, train=mode == "train")
+            memory = ""
+            if mode == "train" and peak is not None:
+                peaks[name] = peak
+                RESULTS["models"][f"{name} train peak GiB"] = peak / 2**30
+                memory = f"  training peak memory {peak / 2**30:.2f} GiB"
+            print(f"  {name:14s} {mode:5s} {rates[(name, mode)]:9.4g} img/s{memory}", flush=True)
             RESULTS["models"][f"{name} {mode} img/s"] = rates[(name, mode)]
         del model
         if DEVICE.type == "cuda":
@@ -380,6 +435,12 @@ def part2_models() -> None:
         if ("grootv_tiny", mode) in rates and ("convnext_tiny", mode) in rates:
             figure(f"GrootV-T / ConvNeXt-T {mode} throughput",
                    rates[("grootv_tiny", mode)] / rates[("convnext_tiny", mode)], "x", target)
+    if len(peaks) == 2:
+        figure(f"GrootV-T / ConvNeXt-T training peak memory (batch {MODEL['train_batch']}: "
+               f"{peaks['grootv_tiny'] / 2**30:.2f} vs {peaks['convnext_tiny'] / 2**30:.2f} GiB)",
+               peaks["grootv_tiny"] / peaks["convnext_tiny"], "x")
+    elif DRY:
+        print("  training peak memory: CUDA only (the CPU figure is benchmarks/bench_models.py's)")
 
 
 def part2_compile() -> None:
@@ -441,6 +502,7 @@ def main() -> int:
         print(f"--only: unknown sections {sorted(only - set(SECTIONS))}; choose from {SECTIONS}")
         return 2
     plan = [("oracle", "part 1: scan vs dense oracle", part1_scan_vs_oracle, 0),
+            ("lean", "part 1: memory-lean selective_tree_scan on the device", part1_lean_op, 0),
             ("scale", "part 1: kernels at the benchmark shape vs numba", part1_kernels_at_scale, 0),
             ("tree", "part 1: tree construction on the device vs CPU numba",
              part1_tree_construction, 0),

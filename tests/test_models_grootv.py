@@ -191,6 +191,56 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("tree_sharing, checkpointing", [("block", False), ("stage", False),
+                                                         ("block", True), ("stage", True)])
+def test_lean_training_gives_the_gradients_of_the_plain_autograd_path(tree_sharing, checkpointing):
+    """TreeSSM and MLP keep less for backward (lean_backward): same loss, same gradients."""
+    torch.manual_seed(7)
+    model = _randomised(GrootV(**TINY, tree_sharing=tree_sharing, drop_path_rate=0.2)).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    results = []
+    for lean in (False, True):
+        for m in model.modules():
+            if hasattr(m, "lean_backward"):
+                m.lean_backward = lean
+        model.set_grad_checkpointing(lean and checkpointing)
+        model.zero_grad()
+        torch.manual_seed(70)  # same drop-path masks
+        loss = model(x).square().sum()
+        loss.backward()
+        results.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+    assert sum(hasattr(m, "lean_backward") for m in model.modules()) == 2 * sum(TINY["depths"])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_lean_training_keeps_less_than_half_the_activations_for_backward():
+    """Bytes autograd saves (unique storages, parameters excluded), lean vs plain."""
+    torch.manual_seed(8)
+    model = GrootV(**TINY).train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    x = torch.randn(2, 3, 64, 64)
+
+    def saved_bytes() -> int:
+        seen = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+        return sum(seen.values())
+
+    lean = saved_bytes()
+    for m in model.modules():
+        if hasattr(m, "lean_backward"):
+            m.lean_backward = False
+    assert lean < 0.5 * saved_bytes()
+
+
 def test_stage_tree_sharing_reuses_the_first_block_tree(monkeypatch):
     import grootvl.layers.tree_ssm as module
 

@@ -78,26 +78,85 @@ def test_layer_gradients_flow_through_scan_and_match_reference():
     assert grads["A_logs"].abs().sum() > 0 and grads["dt_projs_bias"].abs().sum() > 0
 
 
-def test_scan_path_is_float32_under_bf16_autocast(monkeypatch):
+@pytest.mark.parametrize("lean", [True, False])
+def test_scan_path_is_float32_under_bf16_autocast(lean, monkeypatch):
+    import importlib
+
     import grootvl.layers.tree_ssm as module
 
+    lean_module = importlib.import_module("grootvl.ops.selective_tree_scan")  # not the function
+
     seen = {}
-    real_scan = module.tree_scan
+    real_scan, real_scans = module.tree_scan, lean_module._scans
 
     def spy(u, decay, tree, **kwargs):
         seen["dtypes"] = (u.dtype, decay.dtype)
         return real_scan(u, decay, tree, **kwargs)
 
+    def lean_spy(u, decay, *args):
+        seen["dtypes"] = (u.dtype, decay.dtype)
+        return real_scans(u, decay, *args)
+
     monkeypatch.setattr(module, "tree_scan", spy)
+    monkeypatch.setattr(lean_module, "_scans", lean_spy)
     torch.manual_seed(2)
     layer = TreeSSM(16)
-    x = torch.randn(2, 5, 5, 16)
+    layer.lean_backward = lean
+    x = torch.randn(2, 5, 5, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = layer(x)
     assert seen["dtypes"] == (torch.float32, torch.float32)
     assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.A_logs.grad.dtype == torch.float32
     full, _ = layer(x)
     torch.testing.assert_close(out.float(), full, rtol=0.05, atol=0.02)
+
+
+def _varied(layer: TreeSSM) -> TreeSSM:
+    """Perturb the parameters left at constants by the init, so every gradient is exercised."""
+    with torch.no_grad():
+        for norm in (layer.h_norm, layer.out_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+        layer.A_logs.uniform_(-1.0, 1.0)
+        layer.Ds.uniform_(0.5, 1.5)
+    return layer
+
+
+def test_lean_layer_passes_gradcheck_float64():
+    torch.manual_seed(5)
+    layer = _varied(TreeSSM(4, dt_rank=1).double())
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    _, tree = layer(x)  # fixed, so that the perturbations cannot change the tree
+    params = dict(layer.named_parameters())
+
+    def run(x, *values):
+        return torch.func.functional_call(layer, dict(zip(params, values)), (x, tree))[0]
+
+    assert torch.autograd.gradcheck(run, (x, *params.values()))
+
+
+@pytest.mark.parametrize("dtype, tol, variant", [
+    (torch.float64, 1e-10, {}), (torch.float32, 1e-4, {}),
+    (torch.float64, 1e-10, dict(topology="cross")), (torch.float64, 1e-10, dict(root="last")),
+    (torch.float64, 1e-10, dict(topology="cross", root="first"))])
+def test_lean_and_plain_layers_give_the_same_gradients(dtype, tol, variant):
+    torch.manual_seed(6)
+    layer = _varied(TreeSSM(24, **variant).to(dtype))
+    x = torch.randn(2, 6, 7, 24, dtype=dtype, requires_grad=True)
+    weight = torch.randn(2, 6, 7, 24, dtype=dtype)
+    results = []
+    tree = None
+    for lean in (True, False):
+        layer.lean_backward = lean
+        layer.zero_grad()
+        out, tree = layer(x, tree)
+        (out * weight).sum().backward()
+        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in layer.parameters())])
+        x.grad = None
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
 
 
 def test_given_tree_is_used_and_returned():
@@ -147,16 +206,14 @@ def test_inference_path_matches_autograd_path(dtype, tol, monkeypatch):
     real = module.ssm_output
     monkeypatch.setattr(module, "ssm_output", lambda *a, **k: impls.append(k["impl"]) or real(*a, **k))
     torch.manual_seed(4)
-    layer = TreeSSM(16).to(dtype)
-    with torch.no_grad():
-        for norm in (layer.h_norm, layer.out_norm):
-            norm.weight.uniform_(0.5, 1.5)
-            norm.bias.uniform_(-0.5, 0.5)
-        layer.A_logs.uniform_(-1.0, 1.0)
-        layer.Ds.uniform_(0.5, 1.5)
+    layer = _varied(TreeSSM(16).to(dtype))
     x = torch.randn(2, 6, 7, 16, dtype=dtype)
+    layer.lean_backward = False
     slow, tree = layer(x)
+    layer.lean_backward = True
+    lean, _ = layer(x, tree)
     with torch.inference_mode():
         fast, _ = layer(x, tree)
-    assert impls == ["torch", "numba"]
+    assert impls == ["torch", "numba"]  # the lean path runs its stages inside one op
     torch.testing.assert_close(fast, slow.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(lean, slow.detach(), rtol=tol, atol=tol)

@@ -121,14 +121,19 @@ def test_inference_path_matches_autograd_path(variant, monkeypatch):
     monkeypatch.setattr(module, "ssm_output", lambda *a, **k: impls.append(k["impl"]) or real(*a, **k))
     layer = layer_for(variant, d_model=16)
     x = torch.randn(2, 6, 7, 16, dtype=torch.float64)
+    layer.lean_backward = False  # the plain autograd composition
     slow, tree = layer(x)
+    layer.lean_backward = True  # one selective_tree_scan op (its stages are not seen here)
+    lean, _ = layer(x, tree)
     with torch.inference_mode():
         fast, _ = layer(x, tree)
     reference = TreeSSM(16, **variant, scan_impl="reference").double()
     reference.load_state_dict(layer.state_dict())
+    reference.lean_backward = False
     oracle, _ = reference(x, tree)
     assert impls == ["torch", "numba", "torch"]
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lean, slow.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(oracle, slow.detach(), rtol=1e-10, atol=1e-12)
 
 

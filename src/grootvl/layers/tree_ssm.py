@@ -15,10 +15,15 @@ are the depthwise convolution's (its output is produced in channels-last memory 
 viewing it back as (B, H, W, D) is free) and the copy ``grid_tree`` makes to compute edge
 costs in the original's reduction order.
 
-Two execution paths, same numbers: with autograd (training) or on GPU the element-wise stages
-are torch compositions (``impl="torch"`` of ``grootvl.ops.ssm_elementwise``); for CPU
-inference they are fused numba kernels, Δ is never materialised and the tree scan works in
-the memory of its inputs (fewer passes over memory, no large temporaries).
+Execution paths, same numbers:
+* with autograd (training), everything after the depthwise convolution is one
+  ``grootvl.ops.selective_tree_scan`` op, on any device: it keeps only its inputs, x_proj's
+  small output and the scan output for backward and recomputes the rest there (fused numba
+  passes on CPU, torch compositions elsewhere), about a quarter of what autograd would keep;
+* without autograd on CPU, the element-wise stages are fused numba kernels, Δ is never
+  materialised and the tree scan works in the memory of its inputs;
+* otherwise (GPU inference, tracing, ``lean_backward = False``) the element-wise stages are
+  torch compositions (``impl="torch"`` of ``grootvl.ops.ssm_elementwise``).
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ from torch import Tensor, nn
 
 from ..ops import Tree, grid_chain, grid_tree, random_grid_tree, tree_scan
 from ..ops.arguments import check_int, check_real, is_int
-from ..ops.ssm_elementwise import discretize, ssm_output
+from ..ops.selective_tree_scan import selective_tree_scan
+from ..ops.ssm_elementwise import discretize, silu_project_discretize, ssm_output
 from ..ops.tree import GRID_COSTS, autocast_off
 
 __all__ = ["ROOTS", "TOPOLOGIES", "TREE_COSTS", "Trees", "TreeSSM"]
@@ -76,6 +82,10 @@ class TreeSSM(nn.Module):
     (chains are cached, not rebuilt). The scan path (x_proj to out_norm) runs in float32
     (float64 for float64 inputs), also under autocast.
     """
+
+    #: With autograd, run the memory-lean ``selective_tree_scan`` (False: the plain
+    #: composition of differentiable ops, which keeps every intermediate; same gradients).
+    lean_backward: bool = True
 
     def __init__(
         self,
@@ -230,37 +240,71 @@ class TreeSSM(nn.Module):
         # convolution input below is an exact channels-last tensor (no hidden copy).
         x_in = F.linear(x, weight[:self.d_inner])
         z = F.linear(x, weight[self.d_inner:])  # the gate; its silu is applied in ssm_output
-        # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
-        # temporary is a fresh allocation (and page faults) otherwise, which costs about
-        # as much as the element-wise op itself on CPU.
-        xs = F.silu(self.conv2d(x_in.permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
+        if torch.is_grad_enabled() and self.lean_backward:
+            return self._lean_forward(x_in, z, tree)
         # conv kept channels-last; x_in is dead now and may hold u
-        y, tree = self._scan_path(xs.permute(0, 2, 3, 1), z, tree, spare=x_in)
+        conv = self.conv2d(x_in.permute(0, 3, 1, 2))
+        y, tree = self._scan_path(conv.permute(0, 2, 3, 1), z, tree, spare=x_in)
         return self.out_proj(y), tree
 
-    def _scan_path(self, xs: Tensor, z: Tensor, tree: Trees | None, spare: Tensor
+    def _lean_forward(self, x_in: Tensor, z: Tensor, tree: Trees | None
+                      ) -> tuple[Tensor, Trees]:
+        """With autograd: everything after the convolution is one ``selective_tree_scan``,
+        which keeps four (B, L, D) tensors for backward instead of about fifteen."""
+        batch, height, width, d_inner = x_in.shape
+        conv = self.conv2d(x_in.permute(0, 3, 1, 2))  # channels-last memory: the views are free
+        if tree is None:
+            with torch.no_grad():  # only the MST reads the guide's values
+                compute = torch.float64 if conv.dtype == torch.float64 else torch.float32
+                guide = F.silu(conv).to(compute) if self.topology == "tree" else conv
+                tree = self.build_trees(guide)
+        out = selective_tree_scan(
+            conv.permute(0, 2, 3, 1).reshape(batch, height * width, d_inner),
+            z.reshape(batch, height * width, d_inner), self.x_proj_weight[0],
+            self.dt_projs_weight[0], self.dt_projs_bias[0], self.A_logs[:, 0], self.Ds,
+            (self.h_norm.weight, self.h_norm.bias, self.h_norm.eps),
+            (self.out_norm.weight, self.out_norm.bias, self.out_norm.eps), self.out_proj.weight,
+            self._check_trees(tree), mode=self.scan_mode, scan_impl=self.scan_impl)
+        return out.view(batch, height, width, self.d_model), tree
+
+    def _scan_path(self, conv: Tensor, z: Tensor, tree: Trees | None, spare: Tensor
                    ) -> tuple[Tensor, Trees]:
-        """The selective scan over the tree(s), in float32, gated by z: (B, H, W, D) -> same.
+        """SiLU of the convolution output ``conv``, then the selective scan over the tree(s),
+        in float32, gated by z: (B, H, W, D) -> same.
 
         ``spare``: a dead (B, H, W, D) temporary that the CPU inference path writes u into.
         """
-        batch, height, width, d_inner = xs.shape
-        compute = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        batch, height, width, d_inner = conv.shape
+        compute = torch.float64 if conv.dtype == torch.float64 else torch.float32
         # Inference on the CPU runs the element-wise stages as fused numba kernels; not while
         # tracing (grootvl.flops counts the norms of the traced graph) or compiling.
-        fused = (not torch.is_grad_enabled() and xs.device.type == "cpu"
+        fused = (not torch.is_grad_enabled() and conv.device.type == "cpu"
                  and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
         impl = "numba" if fused else "torch"
-        with autocast_off(xs.device):
-            # (B, L, D); a view when the convolution kept channels-last memory format
-            xs = xs.to(compute).reshape(batch, height * width, d_inner)
-            x_dbl = F.linear(xs, self.x_proj_weight[0].to(compute))     # (B, L, R + 2N)
-            dt, b_in, c_out = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
+        # temporary is a fresh allocation (and page faults) otherwise, which costs about
+        # as much as the element-wise op itself on CPU.
+        in_place = not torch.is_grad_enabled()
+        with autocast_off(conv.device):
             a = -torch.exp(self.A_logs.to(compute)).view(d_inner)  # N = 1
+            dt_weight = self.dt_projs_weight[0].to(compute)
+            dt_bias = self.dt_projs_bias[0].to(compute)
+            x_proj = self.x_proj_weight[0].to(compute)
             reuse = fused and spare.dtype == compute and spare.is_contiguous()
-            u, decay = discretize(dt, self.dt_projs_weight[0].to(compute),
-                                  self.dt_projs_bias[0].to(compute), xs, b_in, a, impl=impl,
-                                  u_out=spare.view(xs.shape) if reuse else None)
+            u_out = spare.view(batch, height * width, d_inner) if reuse else None
+            if fused and conv.dtype == compute and conv.is_contiguous():
+                # silu (in place), x_proj and the discretisation in one pass per row
+                conv = conv.reshape(batch, height * width, d_inner)
+                xs, x_dbl, u, decay = silu_project_discretize(
+                    conv, x_proj, dt_weight, dt_bias, a, impl="numba", x_out=conv, u_out=u_out)
+            else:
+                # (B, L, D); a view when the convolution kept channels-last memory format
+                xs = F.silu(conv, inplace=in_place).to(compute)
+                xs = xs.reshape(batch, height * width, d_inner)
+                x_dbl = F.linear(xs, x_proj)  # (B, L, R + 2N)
+                u, decay = discretize(x_dbl[..., :self.dt_rank], dt_weight, dt_bias, xs,
+                                      x_dbl[..., self.dt_rank:-1], a, impl=impl, u_out=u_out)
+            c_out = x_dbl[..., -1:]
             if tree is None:
                 tree = self.build_trees(xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2))
             # u and decay are this layer's temporaries: the scan may work in their memory

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
+from timm.layers import DropPath, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
 
-from ..layers import TreeSSM, Trees
+from ..layers import GeluMlp, TreeSSM, Trees
 from ..ops.arguments import check_int, check_real, is_int
 from .weights import checkpoint_filter_fn, load_pretrained_into
 
@@ -106,7 +106,7 @@ class GrootVBlock(nn.Module):
         self.TreeSSM = TreeSSM(channels, **ssm_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.Sequential(_layer_norm(channels))
-        self.mlp = Mlp(channels, int(channels * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = GeluMlp(channels, int(channels * mlp_ratio))
 
     def forward(self, x: Tensor, tree: Trees | None = None) -> tuple[Tensor, Trees]:
         """(B, H, W, C) -> ((B, H, W, C), tree(s) used); ``tree`` None builds this block's own."""

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ._vecmath_numba import exp, silu, softplus
 
-__all__ = ["discretize", "ssm_output"]
+__all__ = ["discretize", "silu_project_discretize", "ssm_output"]
 
 IMPLS = ("torch", "numba")
 # error_model="numpy" (x / 0 gives inf, as in torch): numba's default Python error model
@@ -47,14 +47,20 @@ _ROWS_PER_CHUNK = 64
 
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
-def _discretize_row(dt, weight_t, bias, x, b, a, u, decay, delta):
-    # the Δ projection, a rank-R update per row: channels innermost, so it vectorises
+def _dt_projection_row(dt, weight_t, bias, delta):
+    """delta = dt @ weight_t + bias, Δ before its softplus."""
+    # a rank-R update per row: channels innermost, so it vectorises
     for k in range(delta.shape[0]):
         delta[k] = bias[k]
     for r in range(dt.shape[0]):
         w, d = weight_t[r], dt[r]
         for k in range(delta.shape[0]):
             delta[k] += w[k] * d
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _discretize_row(dt, weight_t, bias, x, b, a, u, decay, delta):
+    _dt_projection_row(dt, weight_t, bias, delta)
     for k in range(delta.shape[0]):
         delta[k] = softplus(delta[k])
     for k in range(delta.shape[0]):
@@ -75,6 +81,48 @@ def _discretize_rows(dt, weight_t, bias, x, b, a, u, decay):
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
         _discretize_chunk(dt, weight_t, bias, x, b, a, u, decay, j * _ROWS_PER_CHUNK,
                           min(n, (j + 1) * _ROWS_PER_CHUNK))
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _silu_project_row(pre, proj, x, x_dbl, project):
+    for k in range(pre.shape[0]):
+        x[k] = silu(pre[k])
+    if project:  # R + 2 dot products: a matmul this narrow runs far below peak in BLAS
+        for j in range(proj.shape[0]):
+            w = proj[j]
+            total = x.dtype.type(0)
+            for k in range(pre.shape[0]):
+                total += w[k] * x[k]
+            x_dbl[j] = total
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _copy_row(src, dst):
+    for k in range(src.shape[0]):
+        dst[k] = src[k]
+
+
+@njit(cache=True, error_model="numpy")
+def _silu_project_discretize_chunk(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project,
+                                   r0, r1):
+    # x is staged in a scratch row and written last: x may be pre's memory (in place)
+    R = weight_t.shape[0]
+    delta = np.empty(x.shape[1], x.dtype)
+    x_row = np.empty(x.shape[1], x.dtype)
+    for i in range(r0, r1):
+        _silu_project_row(pre[i], proj, x_row, x_dbl[i], project)
+        _discretize_row(x_dbl[i, :R], weight_t, bias, x_row, x_dbl[i, R], a, u[i], decay[i],
+                        delta)
+        _copy_row(x_row, x[i])
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _silu_project_discretize_rows(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project):
+    n = x.shape[0]
+    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
+        _silu_project_discretize_chunk(pre, proj, weight_t, bias, a, x, x_dbl, u, decay,
+                                       project, j * _ROWS_PER_CHUNK,
+                                       min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -201,6 +249,52 @@ def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Ten
     _discretize_rows(*_numpy(dt.reshape(-1, R), dt_weight.t(), dt_bias, x.reshape(-1, D),
                              b.reshape(-1), a), _rows(u, D, "u"), _rows(decay, D, "decay"))
     return u, decay
+
+
+def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
+                            dt_bias: Tensor, a: Tensor, x_dbl: Tensor | None = None,
+                            impl: str = "torch", x_out: Tensor | None = None,
+                            u_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x = silu(pre), x_dbl = x @ proj_weight.T = [dt (R), b, c], then ``discretize``.
+
+    Args:
+        pre: (..., D) scan input before its silu. proj_weight: (R + 2, D) (x_proj).
+        dt_weight: (D, R). dt_bias: (D,). a: (D,) A (negative).
+        x_dbl: (..., R + 2) x_proj's output when already known (backward recomputes only
+            x, u and decay); None computes it.
+        impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU, one pass per row).
+        x_out, u_out: where ``impl="numba"`` writes x and u (x_out may be ``pre`` itself);
+            new tensors if None (see ``discretize`` on why reusing dead buffers pays).
+
+    Returns:
+        (x, x_dbl, u, decay).
+    """
+    _check_impl("silu_project_discretize", impl)
+    D, R = dt_weight.shape
+    if impl == "torch":
+        x = F.silu(pre)
+        x_dbl = F.linear(x, proj_weight) if x_dbl is None else x_dbl
+        return (x, x_dbl, *discretize(x_dbl[..., :R], dt_weight, dt_bias, x,
+                                      x_dbl[..., R:R + 1], a))
+    if proj_weight.shape != (R + 2, D):
+        raise ValueError(f"silu_project_discretize: proj_weight must be ({R + 2}, {D}) for a "
+                         f"({D}, {R}) dt_weight, got {tuple(proj_weight.shape)}")
+    _check_shapes("silu_project_discretize", {"pre": pre}, {}, {"a": a, "dt_bias": dt_bias})
+    _check_numba("silu_project_discretize", {"pre": pre, "proj_weight": proj_weight,
+                                             "dt_weight": dt_weight, "dt_bias": dt_bias, "a": a},
+                 pre.dtype)
+    project = x_dbl is None
+    if project:
+        x_dbl = torch.empty((*pre.shape[:-1], R + 2), dtype=pre.dtype)
+    x = torch.empty(pre.shape, dtype=pre.dtype) if x_out is None else x_out
+    u = torch.empty(pre.shape, dtype=pre.dtype) if u_out is None else u_out
+    decay = torch.empty(pre.shape, dtype=pre.dtype)
+    x_dbl_rows = _rows(x_dbl, R + 2, "x_dbl") if project else _numpy(x_dbl.reshape(-1, R + 2))[0]
+    _silu_project_discretize_rows(*_numpy(pre.reshape(-1, D), proj_weight, dt_weight.t(),
+                                          dt_bias, a),
+                                  _rows(x, D, "x"), x_dbl_rows, _rows(u, D, "u"),
+                                  _rows(decay, D, "decay"), project)
+    return x, x_dbl, u, decay
 
 
 def ssm_output(h: Tensor, c: Tensor, x: Tensor, z: Tensor, skip: Tensor,

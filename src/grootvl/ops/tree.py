@@ -115,6 +115,13 @@ def autocast_off(device: torch.device):
     return contextlib.nullcontext()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast gives matrix products on ``device`` now; None when it is off."""
+    if device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
 def grid_edges(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
     """4-neighbour edges of an ``height`` x ``width`` grid, vertex id = row * width + col.
 

@@ -1,0 +1,66 @@
+"""``gelu_linear(x, weight, bias) = F.linear(F.gelu(x), weight, bias)``, keeping only x.
+
+In an MLP (fc1 -> GELU -> fc2) autograd keeps fc1's output for the GELU's backward and the
+GELU's output for fc2's weight gradient: two tensors of the hidden width (4x the channels in
+GrootV and ConvNeXt), the largest activations of the block. This op keeps x alone and
+recomputes GELU(x) in backward (one element-wise pass, cheap next to the two matrix products
+that backward runs anyway). A ``torch.library`` custom op: opaque to ``torch.compile``,
+whose backward (plain ATen ops) it traces.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .tree import autocast_dtype, autocast_off
+
+__all__ = ["gelu_linear"]
+
+
+@torch.library.custom_op("grootvl::gelu_linear", mutates_args=())
+def _gelu_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    with autocast_off(x.device):  # the wrapper cast the inputs already
+        return F.linear(F.gelu(x), weight, bias)
+
+
+@_gelu_linear_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight)
+
+
+def _backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    rows = grad.reshape(-1, grad.shape[-1])
+    hidden = F.gelu(x).reshape(-1, x.shape[-1])  # recomputed: not kept from the forward
+    grad_weight = rows.T @ hidden
+    grad_x = torch.ops.aten.gelu_backward(grad @ weight, x)
+    return grad_x, grad_weight, rows.sum(0) if ctx.has_bias else None
+
+
+_gelu_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gelu_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(F.gelu(x), weight, bias)`` (exact, erf GELU) that keeps only x for backward.
+
+    Args:
+        x: (..., K) input (e.g. the output of an MLP's first linear layer).
+        weight: (N, K). bias: (N,) or None.
+
+    Under autocast the product runs in the autocast dtype, as ``F.linear`` would.
+    """
+    dtype = autocast_dtype(x.device)
+    if dtype is not None:
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"gelu_linear: x has {x.shape[-1]} features but weight is "
+                         f"{tuple(weight.shape)}; weight must be (out_features, {x.shape[-1]})")
+    return _gelu_linear_op(x, weight, bias)

@@ -1,0 +1,341 @@
+"""Backward passes of the element-wise stages of a Tree SSM layer (see ``ssm_elementwise``).
+
+They take only what the memory-lean ``selective_tree_scan`` keeps for backward (the scan
+input before its silu, the gate before its silu, x_proj's small output, the scan output h)
+and recompute every cheap intermediate (silu, Δ, the LayerNorms, the gate) on the way:
+
+    output_backward:      out = LN_out(LN_h(h) · c + skip · x) · silu(z)   ->  gradients of
+                          h, c, x, z, skip and both norms' weight and bias (and out itself,
+                          which the output projection's weight gradient needs)
+    discretize_backward:  u = Δ · b · x, decay = exp(Δ · a), Δ = softplus(dt W_Δᵀ + b_Δ)
+                          ->  gradients of dt, b, W_Δ, b_Δ, a; adds Δ · b · grad_u to grad_x
+    silu_input_backward:  x = silu(pre), feeding both the layer (grad_x) and a projection
+                          (grad_proj, weight W): grad_pre = (grad_x + grad_proj W) · silu'(pre)
+                          and grad_W = grad_projᵀ x
+
+Rows are (..., D) channels-last; per-position scalars (b, c) are single columns of x_proj's
+output ``x_dbl`` = [dt (R), b, c]. ``impl="torch"`` composes ATen ops (any device; the
+LayerNorm backward is ATen's own); ``impl="numba"`` is one pass per row on CPU, each row
+computed in L1 cache, with per-chunk partial sums for the parameter gradients.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+from torch import Tensor
+
+from ._vecmath_numba import exp, softplus
+from .ssm_elementwise import _FASTMATH, _ROWS_PER_CHUNK, _dt_projection_row, _mean_rstd
+
+__all__ = ["output_backward", "discretize_backward", "silu_input_backward"]
+
+IMPLS = ("torch", "numba")
+_NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+aten = torch.ops.aten
+
+
+# --------------------------------------------------------------------------- numba kernels
+# As in ssm_elementwise: prange bodies only call plain @njit functions, every constant is in
+# the row's dtype, and rows are staged through scratch rows so that loops vectorise.
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _norm_input_grad_row(g_hat, xhat, rstd, out):
+    """LayerNorm's input gradient from the gradient of the normalised row (g_hat) and the
+    normalised row (xhat): rstd (g_hat - mean(g_hat) - xhat mean(g_hat xhat)). out may be
+    g_hat."""
+    real = xhat.dtype.type
+    inv_n = real(1) / real(xhat.shape[0])
+    s1 = real(0)
+    s2 = real(0)
+    for k in range(xhat.shape[0]):
+        s1 += g_hat[k]
+        s2 += g_hat[k] * xhat[k]
+    s1 *= inv_n
+    s2 *= inv_n
+    for k in range(xhat.shape[0]):
+        out[k] = rstd * (g_hat[k] - s1 - xhat[k] * s2)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
+                         out, grad_h, grad_x, grad_z, acc, hhat, yhat, tmp, out_row):
+    """One row; returns grad_c. acc rows += grads of w1, b1, w2, b2, skip. ``out`` may be
+    ``g``'s memory: it is staged in ``out_row`` and written once g is read."""
+    real = h.dtype.type
+    one = real(1)
+    m1, r1 = _mean_rstd(h, eps1)
+    for k in range(h.shape[0]):
+        hhat[k] = (h[k] - m1) * r1
+    for k in range(h.shape[0]):
+        tmp[k] = (hhat[k] * w1[k] + b1[k]) * c + skip[k] * x[k]
+    m2, r2 = _mean_rstd(tmp, eps2)
+    for k in range(h.shape[0]):
+        yh = (tmp[k] - m2) * r2
+        yhat[k] = yh
+        zk = z[k]
+        sig = one / (one + exp(-zk))
+        gate = zk * sig
+        n2 = yh * w2[k] + b2[k]
+        gk = g[k]
+        out_row[k] = n2 * gate
+        grad_z[k] = gk * n2 * (sig * (one + zk * (one - sig)))
+        g_n2 = gk * gate
+        acc[2, k] += g_n2 * yh
+        acc[3, k] += g_n2
+        tmp[k] = g_n2 * w2[k]
+    _norm_input_grad_row(tmp, yhat, r2, tmp)  # tmp: grad of y = LN_h(h) c + skip x
+    grad_c = real(0)
+    for k in range(h.shape[0]):
+        g_y = tmp[k]
+        hh = hhat[k]
+        grad_c += g_y * (hh * w1[k] + b1[k])
+        acc[4, k] += g_y * x[k]
+        grad_x[k] = g_y * skip[k]
+        g_n1 = g_y * c
+        acc[0, k] += g_n1 * hh
+        acc[1, k] += g_n1
+        tmp[k] = g_n1 * w1[k]
+        out[k] = out_row[k]
+    _norm_input_grad_row(tmp, hhat, r1, grad_h)
+    return grad_c
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _output_backward_chunk(g, h, x_dbl, col_c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
+                           out, grad_h, grad_x, grad_z, grad_x_dbl, acc, r0, r1):
+    n = h.shape[1]
+    hhat = np.empty(n, h.dtype)
+    yhat = np.empty(n, h.dtype)
+    tmp = np.empty(n, h.dtype)
+    out_row = np.empty(n, h.dtype)
+    for i in range(r0, r1):
+        grad_x_dbl[i, col_c] = _output_backward_row(
+            g[i], h[i], x_dbl[i, col_c], x[i], z[i], skip, w1, b1, eps1, w2, b2, eps2,
+            out[i], grad_h[i], grad_x[i], grad_z[i], acc, hhat, yhat, tmp, out_row)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _output_backward_rows(g, h, x_dbl, col_c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
+                          out, grad_h, grad_x, grad_z, grad_x_dbl, acc):
+    n = h.shape[0]
+    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
+        _output_backward_chunk(g, h, x_dbl, col_c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
+                               out, grad_h, grad_x, grad_z, grad_x_dbl, acc[j],
+                               j * _ROWS_PER_CHUNK, min(n, (j + 1) * _ROWS_PER_CHUNK))
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _discretize_backward_row(gu, gl, lam, dt, weight_t, bias, x, b, a, grad_x, grad_dt,
+                             acc, acc_w, pre, gpre):
+    """One row; returns grad_b. acc rows += grads of a and b_Δ; acc_w += grad of W_Δᵀ."""
+    real = x.dtype.type
+    one = real(1)
+    threshold = real(20)  # softplus' threshold: above it softplus is the identity
+    _dt_projection_row(dt, weight_t, bias, pre)
+    grad_b = real(0)
+    for k in range(x.shape[0]):
+        p = pre[k]
+        delta = softplus(p)
+        sig = one / (one + exp(-p))
+        guk = gu[k]
+        g_delta = guk * b * x[k] + gl[k] * lam[k] * a[k]
+        grad_b += guk * delta * x[k]
+        grad_x[k] += guk * delta * b
+        acc[0, k] += gl[k] * lam[k] * delta
+        gp = g_delta if p > threshold else g_delta * sig
+        gpre[k] = gp
+        acc[1, k] += gp
+    for r in range(dt.shape[0]):
+        w, d, aw = weight_t[r], dt[r], acc_w[r]
+        s = real(0)
+        for k in range(x.shape[0]):
+            aw[k] += gpre[k] * d
+            s += gpre[k] * w[k]
+        grad_dt[r] = s
+    return grad_b
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _discretize_backward_chunk(gu, gl, lam, x_dbl, weight_t, bias, x, a, grad_x, grad_x_dbl,
+                               acc, acc_w, r0, r1):
+    R = weight_t.shape[0]
+    pre = np.empty(x.shape[1], x.dtype)
+    gpre = np.empty(x.shape[1], x.dtype)
+    for i in range(r0, r1):
+        grad_x_dbl[i, R] = _discretize_backward_row(
+            gu[i], gl[i], lam[i], x_dbl[i, :R], weight_t, bias, x[i], x_dbl[i, R], a,
+            grad_x[i], grad_x_dbl[i, :R], acc, acc_w, pre, gpre)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _discretize_backward_rows(gu, gl, lam, x_dbl, weight_t, bias, x, a, grad_x, grad_x_dbl,
+                              acc, acc_w):
+    n = x.shape[0]
+    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
+        _discretize_backward_chunk(gu, gl, lam, x_dbl, weight_t, bias, x, a, grad_x,
+                                   grad_x_dbl, acc[j], acc_w[j], j * _ROWS_PER_CHUNK,
+                                   min(n, (j + 1) * _ROWS_PER_CHUNK))
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _silu_input_backward_row(gx, gp, weight, pre, out, acc, sig, x, tmp):
+    one = pre.dtype.type(1)
+    for k in range(pre.shape[0]):
+        s = one / (one + exp(-pre[k]))
+        sig[k] = s
+        x[k] = pre[k] * s
+        tmp[k] = gx[k]
+    for j in range(gp.shape[0]):
+        g, w, aw = gp[j], weight[j], acc[j]
+        for k in range(pre.shape[0]):
+            tmp[k] += g * w[k]
+            aw[k] += g * x[k]
+    for k in range(pre.shape[0]):
+        s = sig[k]
+        out[k] = tmp[k] * (s * (one + pre[k] * (one - s)))
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _silu_input_backward_chunk(gx, gp, weight, pre, out, acc, r0, r1):
+    n = pre.shape[1]
+    sig = np.empty(n, pre.dtype)
+    x = np.empty(n, pre.dtype)
+    tmp = np.empty(n, pre.dtype)
+    for i in range(r0, r1):
+        _silu_input_backward_row(gx[i], gp[i], weight, pre[i], out[i], acc, sig, x, tmp)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _silu_input_backward_rows(gx, gp, weight, pre, out, acc):
+    n = pre.shape[0]
+    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
+        _silu_input_backward_chunk(gx, gp, weight, pre, out, acc[j], j * _ROWS_PER_CHUNK,
+                                   min(n, (j + 1) * _ROWS_PER_CHUNK))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _check_impl(op: str, impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+
+
+def _rows(t: Tensor) -> np.ndarray:
+    """(N, D) numpy array of a CPU tensor, copied only if its rows are not contiguous."""
+    return t.detach().reshape(-1, t.shape[-1]).contiguous().numpy()
+
+
+def _chunks(rows: int) -> int:
+    return (rows + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+
+
+# --------------------------------------------------------------------------- public ops
+
+def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, x: Tensor, z: Tensor,
+                    skip: Tensor, h_norm: tuple[Tensor, Tensor, float],
+                    out_norm: tuple[Tensor, Tensor, float], grad_x_dbl: Tensor,
+                    impl: str = "torch") -> tuple[Tensor, ...]:
+    """Backward of ``ssm_output`` with c = x_dbl[..., -1], recomputing its intermediates.
+
+    Args:
+        grad_out: (..., D) gradient of out. h, x, z: (..., D) as in ``ssm_output``.
+        x_dbl: (..., R + 2) x_proj output whose last column is c. skip: (D,).
+        h_norm, out_norm: (weight, bias, eps) of the two LayerNorms.
+        grad_x_dbl: (..., R + 2) buffer; its last column receives grad_c.
+        impl: ``"torch"`` (any device) or ``"numba"`` (CPU; writes ``out`` into grad_out's
+            memory, which must be a contiguous tensor of the compute dtype).
+
+    Returns:
+        (out, grad_h, grad_x, grad_z, grad_skip, grad_h_norm_weight, grad_h_norm_bias,
+        grad_out_norm_weight, grad_out_norm_bias); ``out`` is the recomputed forward result.
+    """
+    _check_impl("output_backward", impl)
+    D = h.shape[-1]
+    if impl == "torch":
+        c = x_dbl[..., -1:]
+        n1, m1, r1 = aten.native_layer_norm(h, [D], *h_norm)
+        y = torch.addcmul(x * skip, n1, c)
+        n2, m2, r2 = aten.native_layer_norm(y, [D], *out_norm)
+        gate = F.silu(z)
+        grad_z = aten.silu_backward(grad_out * n2, z)
+        g_y, g_w2, g_b2 = aten.native_layer_norm_backward(
+            grad_out * gate, y, [D], m2, r2, out_norm[0], out_norm[1], [True, True, True])
+        grad_x_dbl[..., -1:] = (g_y * n1).sum(-1, keepdim=True)
+        grad_skip = (g_y * x).reshape(-1, D).sum(0)
+        g_h, g_w1, g_b1 = aten.native_layer_norm_backward(
+            g_y * c, h, [D], m1, r1, h_norm[0], h_norm[1], [True, True, True])
+        return n2 * gate, g_h, g_y * skip, grad_z, grad_skip, g_w1, g_b1, g_w2, g_b2
+    shape = h.shape
+    grad_h, grad_x, grad_z = (torch.empty(shape, dtype=h.dtype) for _ in range(3))
+    if not grad_out.is_contiguous() or grad_out.dtype != h.dtype:
+        raise ValueError("output_backward impl='numba' writes out into grad_out: it must be a "
+                         f"contiguous {h.dtype} tensor")
+    out = grad_out
+    acc = np.zeros((_chunks(h.numel() // D), 5, D), _NP_DTYPE[h.dtype])
+    gxd = grad_x_dbl.view(-1, x_dbl.shape[-1]).numpy()
+    _output_backward_rows(
+        _rows(grad_out), _rows(h), _rows(x_dbl), x_dbl.shape[-1] - 1, _rows(x), _rows(z),
+        skip.detach().numpy(), h_norm[0].detach().numpy(), h_norm[1].detach().numpy(),
+        h_norm[2], out_norm[0].detach().numpy(), out_norm[1].detach().numpy(), out_norm[2],
+        _rows(out), _rows(grad_h), _rows(grad_x), _rows(grad_z), gxd, acc)
+    sums = torch.from_numpy(acc.sum(0))
+    return out, grad_h, grad_x, grad_z, sums[4], sums[0], sums[1], sums[2], sums[3]
+
+
+def discretize_backward(grad_u: Tensor, grad_decay: Tensor, decay: Tensor, x_dbl: Tensor,
+                        dt_weight: Tensor, dt_bias: Tensor, x: Tensor, a: Tensor,
+                        grad_x: Tensor, grad_x_dbl: Tensor, impl: str = "torch"
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward of ``discretize`` with dt = x_dbl[..., :R] and b = x_dbl[..., R].
+
+    ``grad_x`` (..., D) is accumulated into (+= Δ · b · grad_u); columns :R + 1 of
+    ``grad_x_dbl`` receive grad_dt and grad_b. Returns (grad_dt_weight (D, R),
+    grad_dt_bias (D,), grad_a (D,)). ``decay`` is the forward's exp(Δ · a).
+    """
+    _check_impl("discretize_backward", impl)
+    D, R = dt_weight.shape
+    if impl == "torch":
+        dt, b = x_dbl[..., :R], x_dbl[..., R:R + 1]
+        pre = F.linear(dt, dt_weight, dt_bias)
+        delta = F.softplus(pre)
+        g_pre = aten.softplus_backward(grad_u * b * x + grad_decay * decay * a, pre, 1, 20)
+        grad_x_dbl[..., R:R + 1] = (grad_u * delta * x).sum(-1, keepdim=True)
+        grad_x.addcmul_(grad_u * delta, b)
+        grad_x_dbl[..., :R] = g_pre @ dt_weight
+        g_pre_rows = g_pre.reshape(-1, D)
+        grad_a = (grad_decay * decay * delta).reshape(-1, D).sum(0)
+        return g_pre_rows.T @ dt.reshape(-1, R), g_pre_rows.sum(0), grad_a
+    chunks = _chunks(x.numel() // D)
+    acc = np.zeros((chunks, 2, D), _NP_DTYPE[x.dtype])
+    acc_w = np.zeros((chunks, R, D), _NP_DTYPE[x.dtype])
+    _discretize_backward_rows(
+        _rows(grad_u), _rows(grad_decay), _rows(decay), _rows(x_dbl),
+        dt_weight.detach().t().contiguous().numpy(), dt_bias.detach().numpy(), _rows(x),
+        a.detach().numpy(), grad_x.view(-1, D).numpy(),
+        grad_x_dbl.view(-1, x_dbl.shape[-1]).numpy(), acc, acc_w)
+    sums, sums_w = torch.from_numpy(acc.sum(0)), torch.from_numpy(acc_w.sum(0))
+    return sums_w.T, sums[1], sums[0]
+
+
+def silu_input_backward(grad_x: Tensor, grad_proj: Tensor, proj_weight: Tensor, pre: Tensor,
+                        impl: str = "torch") -> tuple[Tensor, Tensor]:
+    """Backward of x = silu(pre) feeding the layer (grad_x) and the projection
+    ``x @ proj_weight.T`` (grad_proj).
+
+    Returns (grad_pre, grad_proj_weight) = ((grad_x + grad_proj @ proj_weight) · silu'(pre),
+    grad_projᵀ @ silu(pre)). ``impl="numba"`` writes grad_pre into grad_x's memory.
+    """
+    _check_impl("silu_input_backward", impl)
+    D, P = grad_x.shape[-1], grad_proj.shape[-1]
+    if impl == "torch":
+        rows = grad_proj.reshape(-1, P)
+        grad_pre = aten.silu_backward(torch.addmm(grad_x.reshape(-1, D), rows, proj_weight)
+                                      .view(grad_x.shape), pre)
+        return grad_pre, rows.T @ F.silu(pre).reshape(-1, D)
+    gx = grad_x.view(-1, D).numpy()
+    acc = np.zeros((_chunks(gx.shape[0]), P, D), _NP_DTYPE[grad_x.dtype])
+    _silu_input_backward_rows(gx, _rows(grad_proj), proj_weight.detach().contiguous().numpy(),
+                              _rows(pre), gx, acc)
+    return grad_x, torch.from_numpy(acc.sum(0))
