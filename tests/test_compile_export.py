@@ -176,7 +176,10 @@ def test_torch_export_with_dynamic_batch(tmp_path):
     # the scan runs with autocast off, which export keeps as a submodule (wrap_with_autocast)
     targets = {str(n.target) for g in program.graph_module.modules() if isinstance(g, torch.fx.GraphModule)
                for n in g.graph.nodes if n.op == "call_function"}
-    assert {"grootvl.grid_tree.default", "grootvl.tree_scan.default"} <= targets
+    # with autograd on, the layer's core is the memory-lean op; either way the tree is built
+    # and scanned by grootvl's custom ops, not traced into
+    assert "grootvl.grid_tree.default" in targets
+    assert targets & {"grootvl.tree_scan.default", "grootvl.selective_tree_scan.default"}
     torch.export.save(program, tmp_path / "grootv.pt2")
     loaded = torch.export.load(tmp_path / "grootv.pt2").module()
     with torch.inference_mode():

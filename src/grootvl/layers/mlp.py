@@ -29,6 +29,8 @@ class GeluMlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.fc1(x)
-        if torch.is_grad_enabled() and self.lean_backward:
+        # a torch.fx Proxy (symbolic tracing) takes the plain path: the op's argument checks
+        # branch on devices and shapes, which tracing cannot follow
+        if torch.is_grad_enabled() and self.lean_backward and isinstance(hidden, Tensor):
             return gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
         return self.fc2(self.act(hidden))

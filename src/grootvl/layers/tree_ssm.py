@@ -240,7 +240,10 @@ class TreeSSM(nn.Module):
         # convolution input below is an exact channels-last tensor (no hidden copy).
         x_in = F.linear(x, weight[:self.d_inner])
         z = F.linear(x, weight[self.d_inner:])  # the gate; its silu is applied in ssm_output
-        if torch.is_grad_enabled() and self.lean_backward:
+        # Under torch.compile the plain composition is traced instead: Inductor fuses its
+        # element-wise stages itself, and the lean op's backward does not yet meet Inductor's
+        # stride checks on its saved inputs when the batch size changes.
+        if torch.is_grad_enabled() and self.lean_backward and not torch.compiler.is_compiling():
             return self._lean_forward(x_in, z, tree)
         # conv kept channels-last; x_in is dead now and may hold u
         conv = self.conv2d(x_in.permute(0, 3, 1, 2))
