@@ -20,7 +20,7 @@ import multiprocessing
 import statistics
 import time
 
-import grootvl  # noqa: F401  first: sets OMP_WAIT_POLICY before torch loads; registers grootv_*
+import grootvl  # noqa: F401  registers grootv_*
 
 
 def _train(task: str, steps: int, threads: int) -> float:

@@ -18,7 +18,7 @@ Part 2 (FIGURE lines, PASS/MISS against the target, medians after warm-up, CUDA 
   GrootV-T vs timm convnext_tiny img/s: training (batch 64, bf16 autocast, AdamW step) and
   inference (batch 128, bf16 autocast)          target: GrootV-T inference >= 0.6x ConvNeXt-T
   and the CUDA allocator's training peak memory of both (batch 64)
-  GrootV-T training img/s compiled (grootvl.compile.compile_model, default torch.compile) vs
+  GrootV-T training img/s compiled (grootvl.models.compile.compile_model, default torch.compile) vs
   eager, and the compile time                   (no target; the dry run uses the aot_eager
                                                 backend: Inductor's CPU build takes minutes)
 Exit status 1 if any CHECK failed. A section that raises prints ERROR and the rest still runs;

@@ -16,13 +16,14 @@ viewing it back as (B, H, W, D) is free) and the copy ``grid_tree`` makes to com
 costs in the original's reduction order.
 
 Execution paths, same numbers:
-* with autograd (training), everything after the depthwise convolution is one
+* with autograd (eager training), everything after the depthwise convolution is one
   ``grootvl.ops.selective_tree_scan`` op, on any device: it keeps only its inputs, x_proj's
   small output and the scan output for backward and recomputes the rest there (fused numba
   passes on CPU, torch compositions elsewhere), about a quarter of what autograd would keep;
 * without autograd on CPU, the element-wise stages are fused numba kernels, Δ is never
   materialised and the tree scan works in the memory of its inputs;
-* otherwise (GPU inference, tracing, ``lean_backward = False``) the element-wise stages are
+* otherwise (GPU inference, tracing, torch.compile, ``lean_backward = False``) the
+  element-wise stages are
   torch compositions (``impl="torch"`` of ``grootvl.ops.ssm_elementwise``).
 """
 from __future__ import annotations
