@@ -23,8 +23,8 @@ Execution paths, same numbers:
 * without autograd on CPU, the element-wise stages are fused numba kernels, Δ is never
   materialised and the tree scan works in the memory of its inputs;
 * otherwise (GPU inference, tracing, torch.compile, ``lean_backward = False``) the
-  element-wise stages are
-  torch compositions (``impl="torch"`` of ``grootvl.ops.ssm_elementwise``).
+  element-wise stages are torch compositions (``impl="torch"`` of
+  ``grootvl.ops.ssm_elementwise``).
 """
 from __future__ import annotations
 
