@@ -6,14 +6,16 @@ the markers sit on two different curves. Deciding needs information to travel al
 from one marker to the other, however far apart they are: the task a scan topology that
 follows image structure should help with.
 
-Construction (see ``_pathfinder_numba``): curves are chains of equal steps whose heading
-turns by a random angle of at most ``max_turn`` per step; different curves never touch (not
-even diagonally), so a positive image has one 8-connected component holding both markers and
-a negative image has none. Both classes hold two curves of ``2 * arm_segments`` steps, the same
-number of distractor curves and two markers; a negative is made from a would-be positive path
-whose middle is replaced by two diverging continuations, so marker distance, ink and the
-curve direction at each marker are distributed alike in both classes (tests check that such
-statistics do not predict the label).
+Construction (see ``_pathfinder_numba``): four arms leave the corners of a small square
+and wander outwards as curves (chains of equal steps whose heading turns by at most
+``max_turn`` per step); two opposite sides of the square are drawn, so the arms form two
+curves facing each other like ``)(``. The markers go on the outer ends of two neighbouring
+arms: of one curve (label 1) or of the two curves (label 0). Which sides are drawn is random
+and all arms grow alike, so marker distance, ink and the curve direction at each marker
+have one distribution for both labels: the label is only readable by following the arms
+back to the square (tests check that such statistics do not predict it). Different curves
+never touch, not even diagonally: a positive image has one 8-connected component holding
+both markers, a negative none.
 """
 from __future__ import annotations
 
