@@ -472,7 +472,7 @@ def part2_compile() -> None:
     loss.backward()
     _sync()
     figure(f"torch.compile ({backend}) first training step incl. compile", time.perf_counter() - start, "s")
-    rates = {name: _throughput(model, batch, train=True)
+    rates = {name: _throughput(model, batch, train=True)[0]
              for name, model in (("eager", eager), ("compiled", compiled))}
     for name, rate in rates.items():
         print(f"  GrootV-T train {name:8s} {rate:9.4g} img/s (batch {batch})", flush=True)
