@@ -30,10 +30,12 @@ def main() -> int:
     args = parser.parse_args()
 
     from grootvl.data import generated_datasets
+    from grootvl.engine.config import config_from_dict
     from grootvl.layers import TreeSSM
+    from grootvl.models.factory import create_model
     from grootvl.models.weights import load_weights
+    from grootvl.tasks.ablation import SETTINGS_FILE
     from grootvl.tasks.config import RunConfig
-    import timm
 
     runs = sorted((Path(args.ablation) / "runs" / args.task / args.variant).glob("seed*"))
     if not runs:
@@ -41,14 +43,15 @@ def main() -> int:
     torch.set_num_threads(1)
     rows = []
     for run in runs:
-        cfg = RunConfig.model_validate(json.loads((run / "settings.json").read_text()))
+        settings = run / SETTINGS_FILE
+        cfg = config_from_dict(RunConfig, json.loads(settings.read_text()), str(settings))
         g = cfg.generated
         _, val, classes = generated_datasets(
             g.name, cfg.data.img_size, g.train_images, g.val_images, seed=g.seed,
             options=g.options, mean=cfg.data.mean, std=cfg.data.std, in_chans=cfg.data.in_chans)
-        model = timm.create_model(cfg.model.name, num_classes=len(classes),
-                                  in_chans=cfg.data.in_chans, **cfg.model.kwargs)
-        load_weights(model, run / "last.pth")
+        model = create_model(cfg.model.name, len(classes), cfg.data.in_chans,
+                             **cfg.model.kwargs)
+        load_weights(model, run / "last.pth", model_name=cfg.model.name)
         model.eval()
         x = torch.stack([val[i][0] for i in range(len(val))])
         y = torch.tensor([val[i][1] for i in range(len(val))])

@@ -9,6 +9,7 @@ and stacks the three figures, one row per variant.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -30,18 +31,30 @@ def main() -> int:
     args = parser.parse_args()
 
     from grootvl.data import pathfinder
+    from grootvl.data.pathfinder import DIFFICULTY_DEFAULTS
+    from grootvl.tasks.ablation import SETTINGS_FILE
 
-    first_val = 4000  # ablate_pathfinder: 4000 training images, validation follows
-    images, labels = pathfinder(64, 32, 0, start=first_val)
+    runs = Path(args.ablation) / "runs" / "pathfinder"
+    missing = [v for v in VARIANTS if not (runs / v / "seed0" / "last.pth").is_file()]
+    if missing:
+        raise SystemExit(f"{runs}: no finished seed-0 run of {', '.join(missing)}; run "
+                         f"grootvl ablate --tasks pathfinder --variants {','.join(VARIANTS)} "
+                         f"--output {args.ablation} first")
+    settings = json.loads((runs / VARIANTS[0] / "seed0" / SETTINGS_FILE).read_text())
+    gen, size = settings["generated"], settings["data"]["img_size"]
+    # held-out images: the validation stream starts after the training images
+    images, labels = pathfinder(64, size, gen["seed"], start=gen["train_images"],
+                                **gen["options"])
     image = images[np.flatnonzero(labels.numpy() == 1)[args.index]].numpy()
-    rows, cols = np.nonzero(image == 255)  # marker pixels (marker_intensity)
-    pixel = (str(rows[0] / 31), str(cols[0] / 31))  # a corner of the first marker
+    marker = gen["options"].get("marker_intensity", DIFFICULTY_DEFAULTS["marker_intensity"])
+    rows, cols = np.nonzero(image == marker)
+    pixel = (str(rows[0] / (size - 1)), str(cols[0] / (size - 1)))  # a corner of a marker
     with tempfile.TemporaryDirectory() as tmp:
         panels = []
         for variant in VARIANTS:
             src = Path(tmp) / f"pathfinder_{variant}.png"  # the file name titles the panel
             Image.fromarray(image, mode="L").save(src)
-            ckpt = Path(args.ablation) / "runs" / "pathfinder" / variant / "seed0" / "last.pth"
+            ckpt = runs / variant / "seed0" / "last.pth"
             out = Path(tmp) / variant
             subprocess.run([sys.executable, "-m", "grootvl", "visualize", "--checkpoint",
                             str(ckpt), "--image", str(src), "--output", str(out),
