@@ -40,7 +40,7 @@ sys.path.insert(0, str(TOOLS))
 from hostile_cases import FAIL_OUTCOMES, OUTCOMES, PASS_OUTCOMES, Case, build_cases  # noqa: E402
 from hostile_cases import run_cases  # noqa: E402
 
-DEFAULT_PYTHON = "/work/main/.venv/bin/python"
+DEFAULT_PYTHON = str(TOOLS.parent / ".venv" / "bin" / "python")  # the project's venv (make venv)
 TRACEBACK = "Traceback (most recent call last)"
 COLUMNS = [("attempts", "attempts"), ("clean_error", "clean err"), ("ok", "ok"),
            ("vague_error", "vague err"), ("traceback", "traceback"), ("silent", "silent"),
