@@ -170,6 +170,42 @@ def test_any_size_train_mode_autocast_and_channels_last():
     assert (bf.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
 
 
+def _ops_run(model, x) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(x)
+    return {e.name for e in prof.events()}
+
+
+def test_inference_overwrites_only_its_own_temporaries():
+    """Without autograd a block applies the GELU in fc1's output and adds each residual into
+    its branch's output: the logits are bit for bit the plain path's, the input is untouched,
+    and a forward hook that keeps a branch's output turns the in-place ops off (so what it
+    recorded stays valid)."""
+    torch.manual_seed(6)
+    model = _randomised(GrootV(**TINY)).eval()
+    x = torch.randn(2, 3, 48, 48)
+    x_before = x.clone()
+    with torch.no_grad():
+        fast = model(x)
+        assert {"aten::gelu_", "aten::add_"} <= _ops_run(model, x)
+        kept = []
+        block = model.levels[1].blocks[0]
+        handles = [m.register_forward_hook(lambda m, i, o: kept.append((o, o.clone())))
+                   for m in (block.mlp, block.mlp.fc1)]
+        handles.append(block.TreeSSM.register_forward_hook(
+            lambda m, i, o: kept.append((o[0], o[0].clone()))))
+        hooked = model(x)
+        ops = _ops_run(model, x)
+        for h in handles:
+            h.remove()
+    assert torch.equal(fast, hooked)
+    assert torch.equal(x, x_before)
+    assert len(kept) >= 3 and all(torch.equal(seen, copy) for seen, copy in kept)
+    assert "aten::gelu" in ops  # the hooked block took the plain path
+    with torch.enable_grad():
+        assert "aten::gelu_" not in _ops_run(model, x)  # never under autograd
+
+
 def test_drop_path_is_linear_over_all_blocks():
     model = GrootV(channels=16, depths=(2, 2, 2, 2), drop_path_rate=0.7)
     rates = [getattr(b.drop_path, "drop_prob", 0.0) for lvl in model.levels for b in lvl.blocks]

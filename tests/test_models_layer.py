@@ -217,3 +217,22 @@ def test_inference_path_matches_autograd_path(dtype, tol, monkeypatch):
     assert impls == ["torch", "numba"]  # the lean path runs its stages inside one op
     torch.testing.assert_close(fast, slow.detach(), rtol=tol, atol=tol)
     torch.testing.assert_close(lean, slow.detach(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"root": "first"}, {"topology": "cross"},
+                                    {"topology": "raster", "root": "last"}, {"expand": 1}])
+def test_late_gate_projection_changes_no_number(kwargs, monkeypatch):
+    """CPU inference projects the gate z after the scan, into whichever scan temporary the
+    result does not occupy (subtree scans keep it in u, full scans in decay): bit for bit the
+    result of projecting it first, for every topology, and the input is left untouched."""
+    torch.manual_seed(5)
+    layer = _varied(TreeSSM(16, **kwargs))
+    x = torch.randn(2, 6, 7, 16)
+    x_before = x.clone()
+    with torch.no_grad():
+        assert layer._late_gate(x)
+        late, tree = layer(x)
+        monkeypatch.setattr(TreeSSM, "_late_gate", lambda self, x: False)
+        early, _ = layer(x, tree)
+    assert torch.equal(late, early)
+    assert torch.equal(x, x_before)

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.gelu_linear import gelu_linear
+from .inplace import may_overwrite_outputs
 
 __all__ = ["GeluMlp"]
 
@@ -33,4 +34,7 @@ class GeluMlp(nn.Module):
         # branch on devices and shapes, which tracing cannot follow
         if torch.is_grad_enabled() and self.lean_backward and isinstance(hidden, Tensor):
             return gelu_linear(hidden, self.fc2.weight, self.fc2.bias)
+        if (isinstance(hidden, Tensor) and type(self.act) is nn.GELU
+                and may_overwrite_outputs(self.fc1, self.act)):
+            return self.fc2(torch.ops.aten.gelu_(hidden, approximate=self.act.approximate))
         return self.fc2(self.act(hidden))

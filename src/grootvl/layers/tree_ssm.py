@@ -240,7 +240,9 @@ class TreeSSM(nn.Module):
         # Two projections instead of one + chunk: each half comes out contiguous, so the
         # convolution input below is an exact channels-last tensor (no hidden copy).
         x_in = F.linear(x, weight[:self.d_inner])
-        z = F.linear(x, weight[self.d_inner:])  # the gate; its silu is applied in ssm_output
+        # the gate (its silu is applied in ssm_output); the fused CPU inference path projects
+        # it after the scan instead, into the memory of a scan temporary that is dead by then
+        z = None if self._late_gate(x) else F.linear(x, weight[self.d_inner:])
         # Under torch.compile the plain composition is traced instead: Inductor fuses its
         # element-wise stages itself, and the lean op's backward does not yet meet Inductor's
         # stride checks on its saved inputs when the batch size changes.
@@ -248,7 +250,7 @@ class TreeSSM(nn.Module):
             return self._lean_forward(x_in, z, tree)
         # conv kept channels-last; x_in is dead now and may hold u
         conv = self.conv2d(x_in.permute(0, 3, 1, 2))
-        y, tree = self._scan_path(conv.permute(0, 2, 3, 1), z, tree, spare=x_in)
+        y, tree = self._scan_path(conv.permute(0, 2, 3, 1), z, tree, spare=x_in, x=x)
         return self.out_proj(y), tree
 
     def _lean_forward(self, x_in: Tensor, z: Tensor, tree: Trees | None
@@ -271,19 +273,30 @@ class TreeSSM(nn.Module):
             self._check_trees(tree), mode=self.scan_mode, scan_impl=self.scan_impl)
         return out.view(batch, height, width, self.d_model), tree
 
-    def _scan_path(self, conv: Tensor, z: Tensor, tree: Trees | None, spare: Tensor
-                   ) -> tuple[Tensor, Trees]:
+    @staticmethod
+    def _fused(x: Tensor) -> bool:
+        """Inference on the CPU runs the element-wise stages as fused numba kernels; not while
+        tracing (grootvl.flops counts the norms of the traced graph) or compiling."""
+        return (not torch.is_grad_enabled() and x.device.type == "cpu"
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+    def _late_gate(self, x: Tensor) -> bool:
+        """Whether z is projected after the scan, into the memory of u or decay (dead by
+        then): one (B, H, W, D) allocation fewer on the fused path, same numbers."""
+        return (self._fused(x) and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu"))
+
+    def _scan_path(self, conv: Tensor, z: Tensor | None, tree: Trees | None, spare: Tensor,
+                   x: Tensor | None = None) -> tuple[Tensor, Trees]:
         """SiLU of the convolution output ``conv``, then the selective scan over the tree(s),
         in float32, gated by z: (B, H, W, D) -> same.
 
         ``spare``: a dead (B, H, W, D) temporary that the CPU inference path writes u into.
+        ``z`` None (only when ``_late_gate(x)`` holds): project it from the layer input x.
         """
         batch, height, width, d_inner = conv.shape
         compute = torch.float64 if conv.dtype == torch.float64 else torch.float32
-        # Inference on the CPU runs the element-wise stages as fused numba kernels; not while
-        # tracing (grootvl.flops counts the norms of the traced graph) or compiling.
-        fused = (not torch.is_grad_enabled() and conv.device.type == "cpu"
-                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+        fused = self._fused(conv)
         impl = "numba" if fused else "torch"
         # Without autograd, intermediates are overwritten in place: each (B, L, D) float32
         # temporary is a fresh allocation (and page faults) otherwise, which costs about
@@ -313,6 +326,10 @@ class TreeSSM(nn.Module):
                 tree = self.build_trees(xs.view(batch, height, width, d_inner).permute(0, 3, 1, 2))
             # u and decay are this layer's temporaries: the scan may work in their memory
             h = self.scan(u, decay, tree, overwrite_inputs=fused)
+            if z is None:  # into whichever of u and decay h does not occupy
+                free = decay if h.data_ptr() == u.data_ptr() else u
+                z = torch.mm(x.reshape(-1, self.d_model), self.in_proj.weight[d_inner:].t(),
+                             out=free.view(-1, d_inner))
             # y = out_norm(h_norm(h) * C + D * x) * silu(z). (The original computes C·h as a
             # per-position (D x 1)(1 x 1) matmul; grootvl.flops counts it that way.)
             norms = [(n.weight.to(compute), n.bias.to(compute), n.eps)

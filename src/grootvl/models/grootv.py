@@ -23,6 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
 
 from ..layers import GeluMlp, TreeSSM, Trees
+from ..layers.inplace import may_overwrite_outputs
 from ..ops.arguments import check_int, check_real, is_int
 from .weights import checkpoint_filter_fn, load_pretrained_into
 
@@ -111,9 +112,17 @@ class GrootVBlock(nn.Module):
     def forward(self, x: Tensor, tree: Trees | None = None) -> tuple[Tensor, Trees]:
         """(B, H, W, C) -> ((B, H, W, C), tree(s) used); ``tree`` None builds this block's own."""
         y, tree = self.TreeSSM(self.norm1(x), tree)
-        x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, tree
+        x = self._residual(x, self.drop_path(y), self.TreeSSM)
+        return self._residual(x, self.drop_path(self.mlp(self.norm2(x))), self.mlp), tree
+
+    def _residual(self, x: Tensor, branch: Tensor, module: nn.Module) -> Tensor:
+        # Without autograd the sum goes into the branch's fresh output (same numbers, one
+        # allocation fewer; see grootvl.layers.inplace); never into x, which the caller owns.
+        if (isinstance(branch, Tensor) and branch is not x and branch.dtype == x.dtype
+                and branch.shape == x.shape
+                and may_overwrite_outputs(module, self.drop_path)):
+            return branch.add_(x)
+        return x + branch
 
 
 class GrootVStage(nn.Module):
