@@ -231,6 +231,17 @@ def test_bad_guide():
             grid_tree(torch.full((batch, 2, 3, 3), float("nan")))
 
 
+@pytest.mark.parametrize("shape", [(2, 37, 19, 13), (1, 640, 14, 14), (3, 3, 1, 9)])
+def test_channels_last_costs_equal_contiguous_costs_bit_for_bit(shape):
+    """The numba kernel transposes channels-last rows in blocks of eight pixels plus a rest;
+    several row blocks, odd widths and many channels give the same costs as NCHW."""
+    guide = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    for cost in ("cosine", "l2", "l1"):
+        assert torch.equal(grid_edge_costs(guide.to(memory_format=torch.channels_last), cost,
+                                           impl="numba"),
+                           grid_edge_costs(guide, cost, impl="numba"))
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_cpu_kernel_matches_stage_by_stage(monkeypatch, channels_last):
     import grootvl.ops.tree as tree_module

@@ -123,6 +123,35 @@ def block_sums_nchw(image, block, kind, sq, down, right):
 
 
 @nb.njit(cache=True)
+def _transpose_into(pixels, p0, tile):
+    """tile[ch, q] = pixels[p0 + q, ch], eight pixels per pass over the channels.
+
+    Pixel by pixel, every store lands in a different row of the tile (a new cache line per
+    channel); eight pixels at a time fill eight consecutive floats of a row per channel
+    while the eight source rows stay in L1. Measured 2x faster at 640 channels.
+    """
+    channels = tile.shape[0]
+    n = tile.shape[1]
+    q = 0
+    while q + 8 <= n:
+        s = p0 + q
+        for ch in range(channels):
+            row = tile[ch]
+            row[q] = pixels[s, ch]
+            row[q + 1] = pixels[s + 1, ch]
+            row[q + 2] = pixels[s + 2, ch]
+            row[q + 3] = pixels[s + 3, ch]
+            row[q + 4] = pixels[s + 4, ch]
+            row[q + 5] = pixels[s + 5, ch]
+            row[q + 6] = pixels[s + 6, ch]
+            row[q + 7] = pixels[s + 7, ch]
+        q += 8
+    for q in range(q, n):
+        for ch in range(channels):
+            tile[ch, q] = pixels[p0 + q, ch]
+
+
+@nb.njit(cache=True)
 def block_sums_nhwc(image, block, kind, sq, down, right):
     """Sums of rows [block * ROW_BLOCK, ...) of one (H, W, C) image into sq/down/right (H*W,).
 
@@ -137,9 +166,7 @@ def block_sums_nhwc(image, block, kind, sq, down, right):
     pixels = image.reshape(hw, channels)
     p0 = r0 * width
     tile = np.empty((channels, (r_end - r0) * width), np.float32)
-    for q in range(tile.shape[1]):
-        for ch in range(channels):
-            tile[ch, q] = pixels[p0 + q, ch]
+    _transpose_into(pixels, p0, tile)
     n_pix = (r1 - r0) * width
     n_down = max(min(r1 * width, hw - width) - p0, 0)
     n_right = max(min(r1 * width, hw - 1) - p0, 0)
