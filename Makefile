@@ -19,13 +19,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test,lm,dense]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# numba's on-disk cache checks only the time stamp of the file that defines a kernel, not of
+# the helpers it inlines from other files: after a pull or an edit that changed only a helper,
+# a cached kernel would keep the old code. Drop the whole cache when any kernel source changed.
+NUMBA_SOURCES := $(wildcard src/grootvl/ops/*.py src/grootvl/data/*.py)
+NUMBA_STAMP   := src/grootvl/__pycache__/numba-sources.stamp
+
+$(NUMBA_STAMP): $(NUMBA_SOURCES)
+	find src -name '*.nbi' -delete -o -name '*.nbc' -delete
+	mkdir -p $(@D) && touch $@
+
+test: $(STAMP) $(NUMBA_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
 
-demo: $(STAMP)
+demo: $(STAMP) $(NUMBA_STAMP)
 	$(PY) -m grootvl demo --output runs/demo --overwrite
 
-bench: $(STAMP)
+bench: $(STAMP) $(NUMBA_STAMP)
 	$(PY) benchmarks/bench_ops.py
 	$(PY) benchmarks/bench_models.py
 
