@@ -122,6 +122,20 @@ def test_context_comes_from_labels_and_per_row_lengths(grootl):
         torch.testing.assert_close(chain, grootl(ids, context_length=1).logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("context, scale", [(30, 0.3), (None, 0.3), (30, 0.0), ([0, 25], 0.5)])
+def test_inference_path_gives_the_autograd_path_numbers(grootl, context, scale):
+    """Without autograd the mixer writes the shifted decays into one buffer, lets the last scan
+    work in its inputs' memory and sums in place: the logits are the autograd path's."""
+    grootl.backbone.layers[0].mixer._grootl.tree_scale = scale
+    ids = tokens(2, 40)
+    with torch.enable_grad():
+        reference = grootl(ids, context_length=context, use_cache=False).logits
+    assert reference.requires_grad
+    with torch.inference_mode():
+        fast = grootl(ids, context_length=context, use_cache=False).logits
+    torch.testing.assert_close(fast, reference.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_scan_uses_the_tree_scan_operator_and_never_transformers_token_loop(grootl, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("transformers' Python-loop selective scan was called")
@@ -131,9 +145,9 @@ def test_scan_uses_the_tree_scan_operator_and_never_transformers_token_loop(groo
     calls = []
     real_scan = grootl_mixer.tree_scan
 
-    def counting_scan(x, decay, tree, mode="full", impl=None):
+    def counting_scan(x, decay, tree, mode="full", impl=None, overwrite_inputs=False):
         calls.append((x.shape, tree.level_offsets.shape[1] - 1, mode))
-        return real_scan(x, decay, tree, mode=mode, impl=impl)
+        return real_scan(x, decay, tree, mode=mode, impl=impl, overwrite_inputs=overwrite_inputs)
 
     monkeypatch.setattr(grootl_mixer, "tree_scan", counting_scan)
     ids = tokens(1, 40)

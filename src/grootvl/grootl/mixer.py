@@ -78,6 +78,23 @@ def chain_tree(batch: int, num_tokens: int, device: torch.device) -> Tree:
     return Tree(order.contiguous(), parent.expand(batch, num_tokens).contiguous(), level_offsets.contiguous())
 
 
+def child_decay(delta: Tensor, A: Tensor) -> Tensor:
+    """Ā = exp(Δ·A) shifted by one token, (B, L, D, N): the decay of the edge whose child end
+    is token t is Ā[t+1]; the root (the last token) has none (1).
+
+    Without autograd it is written straight into one buffer (torch.cat would need Ā as a
+    second tensor of this size).
+    """
+    shape = (*delta.shape, A.shape[-1])
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        decay = torch.exp(delta[:, 1:].unsqueeze(-1) * A)
+        return torch.cat([decay, decay.new_ones((shape[0], 1, *shape[2:]))], dim=1)
+    out = delta.new_empty(shape)
+    torch.mul(delta[:, 1:].unsqueeze(-1), A, out=out[:, :-1]).exp_()
+    out[:, -1] = 1.0
+    return out
+
+
 class GrootLMambaMixer(MambaMixer):
     """``MambaMixer`` whose SSM is chain scan + tree_scale * tree scan (installed by class swap)."""
 
@@ -119,14 +136,14 @@ class GrootLMambaMixer(MambaMixer):
                                  dim=-1)
         delta = F.softplus(self.dt_proj(step).float())  # (B, L, D)
         A = -torch.exp(self.A_log.float())  # (D, N)
-        decay = torch.exp(delta.unsqueeze(-1) * A)  # Ā, (B, L, D, N)
         x = (delta * u.float()).unsqueeze(-1) * B.float().unsqueeze(2)  # Δ·B·u, (B, L, D, N)
 
         scale = float(self._grootl.tree_scale)
         if ssm_state is not None:  # continuing after a prompt: every new token is continuation
+            decay = torch.exp(delta.unsqueeze(-1) * A)  # Ā, (B, L, D, N)
             states = self._continue(x, decay, ssm_state.float(), scale)
         else:
-            states = self._scan(x, decay, scale, attention_mask)
+            states = self._scan(x, child_decay(delta, A), scale, attention_mask)
         if cache is not None:  # kept in float32: H accumulates over the whole sequence
             cache.update_recurrent_state(states[:, -1], self.layer_idx)
 
@@ -134,23 +151,31 @@ class GrootLMambaMixer(MambaMixer):
         y = y * F.silu(gate.transpose(1, 2).float())
         return self.out_proj(y.to(dtype))
 
-    def _scan(self, x: Tensor, decay: Tensor, scale: float, attention_mask: Tensor | None) -> Tensor:
-        """States (B, L, D, N) of a fresh sequence: h_chain + scale * h_tree."""
+    def _scan(self, x: Tensor, child_decay: Tensor, scale: float, attention_mask: Tensor | None
+              ) -> Tensor:
+        """States (B, L, D, N) of a fresh sequence: h_chain + scale * h_tree.
+
+        x and child_decay (see ``child_decay``) are this forward's temporaries: without
+        autograd the last scan works in their memory and the sum is formed in place, which
+        spares three (B, L, D, N) allocations (67 MB each at batch 4, 512 tokens, 512 x 16
+        channels) and gives the same numbers.
+        """
         batch, num_tokens, channels, states = x.shape
         x_flat = x.reshape(batch, num_tokens, channels * states)
-        # The decay on the edge whose child end is t is Ā[t+1]; the root (last token) has none.
-        child_decay = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
         child_decay = child_decay.reshape(batch, num_tokens, channels * states)
         impl = self._grootl.scan_impl
         chain = tree_scan(x_flat, child_decay, self._chain(batch, num_tokens, x.device), mode="subtree", impl=impl)
         lengths, has_tree = self._grootl.context_lengths(batch, num_tokens, x.device)
         if scale == 0.0:
             out = chain
-        elif not has_tree:
-            out = chain * (1.0 + scale)  # no context: the text tree is the chain itself
+        elif not has_tree:  # no context: the text tree is the chain itself
+            out = chain * (1.0 + scale) if chain.requires_grad else chain.mul_(1.0 + scale)
         else:
             tree = text_tree(x_flat, lengths, attention_mask=attention_mask, impl=self._grootl.tree_impl)
-            out = chain + scale * tree_scan(x_flat, child_decay, tree, mode="subtree", impl=impl)
+            h_tree = tree_scan(x_flat, child_decay, tree, mode="subtree", impl=impl,
+                               overwrite_inputs=True)  # honoured only without autograd
+            # scale * h_tree + chain rounds exactly as chain + scale * h_tree
+            out = chain + scale * h_tree if h_tree.requires_grad else h_tree.mul_(scale).add_(chain)
         return out.view(batch, num_tokens, channels, states)
 
     def _continue(self, x: Tensor, decay: Tensor, initial: Tensor, scale: float) -> Tensor:
