@@ -276,8 +276,6 @@ def breakdown(model: torch.nn.Module, x: torch.Tensor, passes: int = 3) -> dict[
     SSM layers (projections, depthwise conv, element-wise SSM math, norms), everything else."""
     spent = {"tree construction": 0.0, "tree scan": 0.0, "Tree SSM layers": 0.0}
     originals = {"grid_tree": tree_ssm.grid_tree, "tree_scan": tree_ssm.tree_scan}
-    starts = []
-
     def timed(fn, key):
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
@@ -286,15 +284,11 @@ def breakdown(model: torch.nn.Module, x: torch.Tensor, passes: int = 3) -> dict[
             return out
         return wrapper
 
-    def enter(module, args):
-        starts.append(time.perf_counter())
-
-    def leave(module, args, out):
-        spent["Tree SSM layers"] += time.perf_counter() - starts.pop()
-
+    # each layer's forward is wrapped on the instance, not hooked: a forward hook would turn
+    # off the in-place residual of its block (grootvl.layers.inplace) and change what is timed
     layers = [m for m in model.modules() if isinstance(m, tree_ssm.TreeSSM)]
-    hooks = [h for m in layers
-             for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    for layer in layers:
+        layer.forward = timed(layer.forward, "Tree SSM layers")
     tree_ssm.grid_tree = timed(originals["grid_tree"], "tree construction")
     tree_ssm.tree_scan = timed(originals["tree_scan"], "tree scan")
     rows = []
@@ -313,8 +307,8 @@ def breakdown(model: torch.nn.Module, x: torch.Tensor, passes: int = 3) -> dict[
                              "rest": total - spent["Tree SSM layers"], "total": total})
     finally:
         tree_ssm.grid_tree, tree_ssm.tree_scan = originals["grid_tree"], originals["tree_scan"]
-        for hook in hooks:
-            hook.remove()
+        for layer in layers:
+            del layer.forward
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
