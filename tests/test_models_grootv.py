@@ -206,6 +206,27 @@ def test_inference_overwrites_only_its_own_temporaries():
         assert "aten::gelu_" not in _ops_run(model, x)  # never under autograd
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_blockwise_inference_mlp_matches_the_plain_mlp(bias):
+    """CPU inference runs the MLP over blocks of rows (here 256 rows: five blocks, the last
+    partial); the result is the plain fc2(GELU(fc1(x)))."""
+    from grootvl.layers import GeluMlp
+
+    torch.manual_seed(8)
+    mlp = GeluMlp(24, 96)
+    if not bias:
+        mlp.fc2.bias = None
+    mlp.inference_block_bytes = 1  # the smallest block, 256 rows
+    x = torch.randn(2, 24, 24, 24)
+    with torch.no_grad():
+        assert mlp._blockwise(x)
+        fast = mlp(x)
+        plain = mlp.fc2(F.gelu(mlp.fc1(x)))
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert not mlp._blockwise(x) and mlp(x).dtype == torch.bfloat16
+
+
 def test_drop_path_is_linear_over_all_blocks():
     model = GrootV(channels=16, depths=(2, 2, 2, 2), drop_path_rate=0.7)
     rates = [getattr(b.drop_path, "drop_prob", 0.0) for lvl in model.levels for b in lvl.blocks]
