@@ -174,6 +174,33 @@ def test_gelu_linear_equals_gelu_then_linear_and_keeps_only_its_input():
     torch.library.opcheck(torch.ops.grootvl.gelu_linear.default, (x.float(), w.float(), None))
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_gelu_linear_in_row_blocks_matches_the_plain_composition(monkeypatch, dtype, tol):
+    """On the CPU the op runs over blocks of rows (here 256: three blocks, the last partial):
+    output and input gradient are the plain composition's bit for bit, the weight and bias
+    gradients equal up to the order of the sum; no rows at all also works."""
+    import sys
+
+    # (grootvl.ops.gelu_linear, the attribute, is the function; the module is in sys.modules)
+    monkeypatch.setattr(sys.modules["grootvl.ops.gelu_linear"], "BLOCK_BYTES", 1)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 300, 12, dtype=dtype, generator=gen, requires_grad=True)
+    w = torch.randn(5, 12, dtype=dtype, generator=gen, requires_grad=True)
+    b = torch.randn(5, dtype=dtype, generator=gen, requires_grad=True)
+    g = torch.randn(2, 300, 5, dtype=dtype, generator=gen)
+    out = gelu_linear(x, w, b)
+    grads = torch.autograd.grad(out, (x, w, b), g)
+    ref = torch.nn.functional.linear(torch.nn.functional.gelu(x), w, b)
+    ref_grads = torch.autograd.grad(ref, (x, w, b), g)
+    assert torch.equal(out, ref) and torch.equal(grads[0], ref_grads[0])
+    for got, want in zip(grads[1:], ref_grads[1:]):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    empty = torch.zeros(0, 12, dtype=dtype, requires_grad=True)
+    out = gelu_linear(empty, w)
+    assert out.shape == (0, 5)
+    assert torch.equal(torch.autograd.grad(out.sum(), w)[0], torch.zeros_like(w))
+
+
 def test_gelu_linear_under_autocast_runs_in_the_autocast_dtype():
     x, w, b = torch.randn(6, 8), torch.randn(3, 8), torch.randn(3)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -6,6 +6,11 @@ GrootV and ConvNeXt), the largest activations of the block. This op keeps x alon
 recomputes GELU(x) in backward (one element-wise pass, cheap next to the two matrix products
 that backward runs anyway). A ``torch.library`` custom op: opaque to ``torch.compile``,
 whose backward (plain ATen ops) it traces.
+
+On the CPU both directions run over blocks of rows whose hidden activations (GELU(x) and
+its gradient, each of the hidden width) fit in cache, instead of making full-size
+temporaries that go out to memory and back: the forward result is the unblocked one bit for
+bit, and so is the input gradient; the weight gradient is summed block by block.
 """
 from __future__ import annotations
 
@@ -18,10 +23,29 @@ from .tree import autocast_dtype, autocast_off
 __all__ = ["gelu_linear"]
 
 
+#: Bytes of hidden activations per block of rows on the CPU.
+BLOCK_BYTES = 4 << 20
+
+
+def _row_blocks(rows: int, width: int, itemsize: int) -> list[slice]:
+    step = max(256, BLOCK_BYTES // (width * itemsize))
+    return [slice(i, i + step) for i in range(0, rows, step)]
+
+
 @torch.library.custom_op("grootvl::gelu_linear", mutates_args=())
 def _gelu_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     with autocast_off(x.device):  # the wrapper cast the inputs already
-        return F.linear(F.gelu(x), weight, bias)
+        if x.device.type != "cpu":
+            return F.linear(F.gelu(x), weight, bias)
+        rows = x.reshape(-1, x.shape[-1])
+        out = rows.new_empty((rows.shape[0], weight.shape[0]))
+        for part in _row_blocks(*rows.shape, rows.element_size()):
+            hidden = F.gelu(rows[part])
+            if bias is None:
+                torch.mm(hidden, weight.t(), out=out[part])
+            else:  # what F.linear runs on rows
+                torch.addmm(bias, hidden, weight.t(), out=out[part])
+        return out.view(*x.shape[:-1], weight.shape[0])
 
 
 @_gelu_linear_op.register_fake
@@ -38,10 +62,25 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     x, weight = ctx.saved_tensors
     rows = grad.reshape(-1, grad.shape[-1])
-    hidden = F.gelu(x).reshape(-1, x.shape[-1])  # recomputed: not kept from the forward
-    grad_weight = rows.T @ hidden
-    grad_x = torch.ops.aten.gelu_backward(grad @ weight, x)
-    return grad_x, grad_weight, rows.sum(0) if ctx.has_bias else None
+    grad_bias = rows.sum(0) if ctx.has_bias else None
+    if x.device.type != "cpu":
+        hidden = F.gelu(x).reshape(-1, x.shape[-1])  # recomputed: not kept from the forward
+        grad_weight = rows.T @ hidden
+        return torch.ops.aten.gelu_backward(grad @ weight, x), grad_weight, grad_bias
+    x_rows = x.reshape(-1, x.shape[-1])
+    grad_x = torch.empty_like(x_rows)
+    grad_weight = None
+    for part in _row_blocks(*x_rows.shape, x_rows.element_size()):
+        hidden = F.gelu(x_rows[part])  # recomputed: not kept from the forward
+        if grad_weight is None:
+            grad_weight = rows[part].T @ hidden
+        else:
+            grad_weight.addmm_(rows[part].T, hidden)
+        torch.ops.aten.gelu_backward.grad_input(rows[part] @ weight, x_rows[part],
+                                                grad_input=grad_x[part])
+    if grad_weight is None:  # no rows
+        grad_weight = torch.zeros_like(weight)
+    return grad_x.view(x.shape), grad_weight, grad_bias
 
 
 _gelu_linear_op.register_autograd(_backward, setup_context=_setup_context)
