@@ -1,6 +1,6 @@
 """GrootV-T against ConvNeXt-T (and MambaOut-T, Swin-T) on CPU: time and training memory.
 
-    python benchmarks/bench_models.py [--batch 8] [--size 224] [--threads 2] [--rounds 5]
+    python benchmarks/bench_models.py [--batch 8] [--size 224] [--threads 2] [--rounds 7]
                                       [--sections inference,train,saved,peak,grootl,breakdown]
 
 Everything is measured in one run, the way a user would: ``import torch`` comes first, random
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -74,14 +75,23 @@ def create(label: str, size: int) -> torch.nn.Module:
 
 def interleaved(steps: dict, rounds: int, warmup: int = 1
                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per call of each step, round by round."""
+    """Wall-clock and process CPU seconds per call of each step, round by round.
+
+    Each round runs the steps in a new (seeded) order: in a fixed order every step would
+    always follow the same other one and inherit its after-effects (caches, the allocator's
+    free lists, spinning worker threads), a bias that moved one model's ratio by 5 %.
+    """
     for _ in range(warmup):
         for step in steps.values():
             step()
     wall = {name: [] for name in steps}
     cpu = {name: [] for name in steps}
+    shuffler = random.Random(0)
     for _ in range(rounds):
-        for name, step in steps.items():
+        order = list(steps)
+        shuffler.shuffle(order)
+        for name in order:
+            step = steps[name]
             c0, t0 = time.process_time(), time.perf_counter()
             step()
             wall[name].append(time.perf_counter() - t0)
@@ -329,7 +339,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2, help="torch and numba threads")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per section")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per section")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="comma-separated subset of: " + ",".join(SECTIONS))
     parser.add_argument("--models", default=",".join(MODELS),
