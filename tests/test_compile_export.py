@@ -15,7 +15,7 @@ import torch
 import grootvl  # noqa: F401  registers grootv_*
 from grootvl.models.compile import compile_model
 from grootvl.models.grootv import GrootVBlock
-from grootvl.layers.tree_ssm import TOPOLOGIES
+from grootvl.layers.tree_ssm import TOPOLOGIES, TreeSSM
 from grootvl.ops import grid_tree, random_grid_tree, tree_scan
 from grootvl.ops.tree_scan import _drop_padded_levels
 
@@ -135,6 +135,26 @@ def test_regional_compilation_trains_blocks_of_every_size():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("lean", [True, False])
+def test_compiled_training_keeps_the_memory_lean_op(lean):
+    """With autograd, a compiled Tree SSM layer calls selective_tree_scan as one opaque op
+    (four saved tensors per layer, as in eager mode); lean_backward=False traces the plain
+    composition instead."""
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    layer = TreeSSM(8)
+    layer.lean_backward = lean
+    out, _ = torch.compile(layer, backend=recording_backend)(torch.randn(2, 4, 5, 8))
+    out.sum().backward()
+    targets = {str(n.target) for gm in graphs for n in gm.graph.nodes}
+    assert any("selective_tree_scan" in t for t in targets) == lean
+
+
 @pytest.mark.slow
 def test_compiled_training_and_inference_match_eager():
     """Default torch.compile (Inductor, dynamic shapes): several optimizer steps with a
@@ -161,6 +181,13 @@ def test_compiled_training_and_inference_match_eager():
             opt.zero_grad()
     for (name, p0), p1 in zip(eager.named_parameters(), model.parameters()):
         torch.testing.assert_close(p1, p0, rtol=1e-4, atol=1e-5, msg=name)
+    # another image size: compile_model asks Inductor for exact view strides, without which
+    # the dynamic spatial sizes fail ("cannot determine truth value of Relational")
+    x = torch.randn(2, 3, 24, 24, generator=gen)
+    for m in (eager, model):
+        m(x).square().mean().backward()
+    for (name, p0), p1 in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p1.grad, p0.grad, rtol=1e-4, atol=1e-5, msg=name)
     eager.eval(), model.eval()
     with torch.inference_mode():
         for batch in (2, 5):

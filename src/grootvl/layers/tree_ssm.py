@@ -16,13 +16,13 @@ viewing it back as (B, H, W, D) is free) and the copy ``grid_tree`` makes to com
 costs in the original's reduction order.
 
 Execution paths, same numbers:
-* with autograd (eager training), everything after the depthwise convolution is one
+* with autograd (training, eager or compiled), everything after the depthwise convolution is one
   ``grootvl.ops.selective_tree_scan`` op, on any device: it keeps only its inputs, x_proj's
   small output and the scan output for backward and recomputes the rest there (fused numba
   passes on CPU, torch compositions elsewhere), about a quarter of what autograd would keep;
 * without autograd on CPU, the element-wise stages are fused numba kernels, Δ is never
   materialised and the tree scan works in the memory of its inputs;
-* otherwise (GPU inference, tracing, torch.compile, ``lean_backward = False``) the
+* otherwise (GPU or compiled inference, tracing, ``lean_backward = False``) the
   element-wise stages are torch compositions (``impl="torch"`` of
   ``grootvl.ops.ssm_elementwise``).
 """
@@ -243,10 +243,9 @@ class TreeSSM(nn.Module):
         # the gate (its silu is applied in ssm_output); the fused CPU inference path projects
         # it after the scan instead, into the memory of a scan temporary that is dead by then
         z = None if self._late_gate(x) else F.linear(x, weight[self.d_inner:])
-        # Under torch.compile the plain composition is traced instead: Inductor fuses its
-        # element-wise stages itself, and the lean op's backward does not yet meet Inductor's
-        # stride checks on its saved inputs when the batch size changes.
-        if torch.is_grad_enabled() and self.lean_backward and not torch.compiler.is_compiling():
+        # (also under torch.compile: the op is one opaque node there, and compiled training
+        # keeps its four tensors per layer instead of what Inductor would save)
+        if torch.is_grad_enabled() and self.lean_backward:
             return self._lean_forward(x_in, z, tree)
         # conv kept channels-last; x_in is dead now and may hold u
         conv = self.conv2d(x_in.permute(0, 3, 1, 2))

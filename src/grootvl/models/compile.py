@@ -6,8 +6,10 @@ while compiling), so a GrootV block traces into one graph with no break, and dyn
 (e.g. a changing batch size) compile too. ``compile_model`` adds two things a trainer wants:
 
 * it compiles **in place** (``nn.Module.compile``), so ``state_dict`` keys, EMA copies and
-  checkpoints are those of the plain model (no ``_orig_mod.`` prefix); ``grootvl train
-  --compile`` (``train.compile``) compiles the whole model in place the same way;
+  checkpoints are those of the plain model (no ``_orig_mod.`` prefix), and asks Inductor for
+  exact view strides, without which a changing image size fails to compile (see
+  ``_require_exact_view_strides``); ``grootvl train --compile`` (``train.compile``) compiles
+  the whole model in place;
 * ``regional=True`` compiles each GrootV block on its own, with ``fullgraph=True`` (a graph
   break inside a block is an error instead of a silent slowdown) and dynamic sizes: the
   blocks of every stage share one compiled graph for training and one for inference, while
@@ -42,6 +44,8 @@ def compile_model(model: nn.Module, *, regional: bool = False, **compile_kwargs:
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile_model needs an nn.Module, got {type(model).__name__}")
     if not regional:
+        if compile_kwargs.get("backend", "inductor") == "inductor":
+            _require_exact_view_strides(compile_kwargs)  # for a changing image size
         model.compile(**compile_kwargs)
         return model
     from .grootv import GrootVBlock
