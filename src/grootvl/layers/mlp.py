@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.gelu_linear import gelu_linear
+from ..ops.gelu_linear import gelu_linear, linear_into, row_blocks
 from .inplace import may_overwrite_outputs
 
 __all__ = ["GeluMlp"]
@@ -55,14 +55,10 @@ class GeluMlp(nn.Module):
 
     def _blockwise_forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        block = max(256, self.inference_block_bytes // (self.fc1.out_features * x.element_size()))
         out = rows.new_empty((rows.shape[0], self.fc2.out_features))
-        for start in range(0, rows.shape[0], block):
-            part = slice(start, start + block)
+        for part in row_blocks(rows.shape[0], self.fc1.out_features, x.element_size(),
+                               self.inference_block_bytes):
             hidden = F.linear(rows[part], self.fc1.weight, self.fc1.bias)
             torch.ops.aten.gelu_(hidden, approximate=self.act.approximate)
-            if self.fc2.bias is None:
-                torch.mm(hidden, self.fc2.weight.t(), out=out[part])
-            else:
-                torch.addmm(self.fc2.bias, hidden, self.fc2.weight.t(), out=out[part])
+            linear_into(hidden, self.fc2.weight, self.fc2.bias, out[part])
         return out.view(*x.shape[:-1], self.fc2.out_features)

@@ -27,9 +27,19 @@ __all__ = ["gelu_linear"]
 BLOCK_BYTES = 4 << 20
 
 
-def _row_blocks(rows: int, width: int, itemsize: int) -> list[slice]:
-    step = max(256, BLOCK_BYTES // (width * itemsize))
+def row_blocks(rows: int, width: int, itemsize: int, block_bytes: int | None = None
+               ) -> list[slice]:
+    """Slices of ``rows`` rows, each holding about ``block_bytes`` (default ``BLOCK_BYTES``)
+    of activations ``width`` wide, and at least 256 rows."""
+    step = max(256, (BLOCK_BYTES if block_bytes is None else block_bytes) // (width * itemsize))
     return [slice(i, i + step) for i in range(0, rows, step)]
+
+
+def linear_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
+    """``F.linear(x, weight, bias)`` for 2-D x, written into ``out`` (what F.linear runs)."""
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
 
 
 @torch.library.custom_op("grootvl::gelu_linear", mutates_args=())
@@ -39,12 +49,8 @@ def _gelu_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
             return F.linear(F.gelu(x), weight, bias)
         rows = x.reshape(-1, x.shape[-1])
         out = rows.new_empty((rows.shape[0], weight.shape[0]))
-        for part in _row_blocks(*rows.shape, rows.element_size()):
-            hidden = F.gelu(rows[part])
-            if bias is None:
-                torch.mm(hidden, weight.t(), out=out[part])
-            else:  # what F.linear runs on rows
-                torch.addmm(bias, hidden, weight.t(), out=out[part])
+        for part in row_blocks(*rows.shape, rows.element_size()):
+            linear_into(F.gelu(rows[part]), weight, bias, out[part])
         return out.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -70,7 +76,7 @@ def _backward(ctx, grad):
     x_rows = x.reshape(-1, x.shape[-1])
     grad_x = torch.empty_like(x_rows)
     grad_weight = None
-    for part in _row_blocks(*x_rows.shape, x_rows.element_size()):
+    for part in row_blocks(*x_rows.shape, x_rows.element_size()):
         hidden = F.gelu(x_rows[part])  # recomputed: not kept from the forward
         if grad_weight is None:
             grad_weight = rows[part].T @ hidden
