@@ -7,8 +7,8 @@ from grootvl.ops import grid_tree, tree_scan
 from grootvl.ops.gelu_linear import gelu_linear
 from grootvl.ops.selective_tree_scan import selective_tree_scan
 from grootvl.ops.ssm_elementwise import discretize, silu_project_discretize, ssm_output
-from grootvl.ops.ssm_elementwise_backward import (discretize_backward, output_backward,
-                                                  silu_input_backward)
+from grootvl.ops.ssm_elementwise_backward import (output_backward,
+                                                  silu_project_discretize_backward)
 
 
 def plain(conv_out, z, wx, wdt, bdt, a_log, skip, h_norm, out_norm, wo, trees, mode):
@@ -106,24 +106,28 @@ def test_elementwise_stages_agree_between_numba_and_torch():
     g = torch.Generator().manual_seed(1)
     rand = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     N, D, R = 70, 37, 3
-    h, x, z, pre, g_out = (rand(N, D) for _ in range(5))
+    h, z, pre, g_out = (rand(N, D) for _ in range(4))
     x_dbl, decay = rand(N, R + 2), torch.rand(N, D, generator=g)
     skip, w1, b1, w2, b2, wdt, bdt = rand(D), rand(D), rand(D), rand(D), rand(D), rand(D, R), rand(D)
     a = -rand(D).exp()
-    grad_u, grad_decay, grad_proj, wx = rand(N, D), rand(N, D), rand(N, R + 2), rand(R + 2, D)
+    grad_u, grad_decay, wx = rand(N, D), rand(N, D), rand(R + 2, D)
     results = {}
     for impl in ("numba", "torch"):
         gxd = torch.zeros(N, R + 2)
-        outs = output_backward(g_out.clone(), h, x_dbl, x, z, skip, (w1, b1, 1e-5),
+        outs = output_backward(g_out.clone(), h, x_dbl, pre, z, skip, (w1, b1, 1e-5),
                                (w2, b2, 1e-6), gxd, impl=impl)  # numba: out in g_out's memory
         gx = outs[2].clone()
-        d_outs = discretize_backward(grad_u, grad_decay, decay, x_dbl, wdt, bdt, x, a, gx, gxd,
-                                     impl=impl)
-        pre_grads = silu_input_backward(gx.clone(), grad_proj, wx, pre, impl=impl)
+        in_grads = silu_project_discretize_backward(grad_u, grad_decay, outs[2].clone(), gxd,
+                                                    decay, x_dbl, pre, wx, wdt, bdt, a,
+                                                    impl=impl)  # numba: grad_pre in grad_x
         forward = silu_project_discretize(pre, wx, wdt, bdt, a, impl=impl)
-        again = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=forward[1], impl=impl)
-        results[impl] = [*outs, *d_outs, gx, gxd, *pre_grads, *forward, *again]
-    for got, want in zip(results["numba"], results["torch"]):
+        again = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=forward[1], impl=impl,
+                                        keep_x=False)
+        assert again[0] is None
+        output = ssm_output(h, x_dbl[..., -1:], pre, z, skip, (w1, b1, 1e-5), (w2, b2, 1e-6),
+                            impl=impl, silu_x=True)
+        results[impl] = [*outs, gx, gxd, *in_grads, *forward, *again[1:], output]
+    for got, want in zip(results["numba"], results["torch"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 

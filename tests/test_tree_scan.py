@@ -327,6 +327,22 @@ def test_overwrite_inputs_gives_the_same_result(mode, dtype):
         torch.testing.assert_close(out.detach(), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_numba_backward_in_grad_y_memory_gives_the_same_gradients(mode):
+    from grootvl.ops import scan_numba
+    tree = grid_mst(2, 6, 9, seed=3)
+    x, decay = inputs(2, 54, 5)
+    y, up = scan_numba.scan_forward(x, decay, tree.order, tree.parent, tree.level_offsets, mode)
+    grad_y = torch.randn_like(y)
+    args = (decay, tree.order, tree.parent, tree.level_offsets, up, y, mode)
+    expected = scan_numba.scan_backward(grad_y, *args)
+    work = grad_y.clone()
+    got = scan_numba.scan_backward_inplace(work, *args)
+    assert got[0].data_ptr() == work.data_ptr()
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
 def test_inplace_op_registration_passes_opcheck():
     tree = grid_mst(1, 4, 4)
     x, decay = inputs(1, 16, 2)

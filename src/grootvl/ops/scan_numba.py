@@ -17,7 +17,8 @@ that need no particular order are computed in vertex order.
 
 Memory: forward allocates y and up only (subtree: up only, returned as y);
 scan_forward_inplace (inference, tree_scan(overwrite_inputs=True)) uses x as up and decay
-as y and allocates nothing. Backward allocates grad_x and grad_decay only; grad_decay first
+as y and allocates nothing. Backward allocates grad_x and grad_decay only (grad_decay only
+with scan_backward_inplace, which writes grad_x into grad_y's memory); grad_decay first
 holds the up pass of grad_y (up_g), and each vertex's decay gradient overwrites its own up_g
 entry once z = grad_x is complete. No scratch buffers.
 
@@ -35,7 +36,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from torch import Tensor
 
-__all__ = ["scan_forward", "scan_forward_inplace", "scan_backward", "channel_block"]
+__all__ = ["scan_forward", "scan_forward_inplace", "scan_backward", "scan_backward_inplace",
+           "channel_block"]
 
 PREFETCH_DISTANCE = 16  # vertices; about the number of row misses the core can keep in flight
 _MIN_BLOCK = 16  # channels; narrower blocks waste most of each cache line they touch
@@ -191,14 +193,18 @@ def _decay_grad_full(up_g, up, y, z, lam, parent, root, c0, c1):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one):
+def _backward_full(g, lam, order, parent, up, y, grad_x, grad_lam, block, one, in_place):
     B, L, C = g.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
         b, c0, c1 = _job(job, nblk, block, C)
         # up_g is held in grad_lam; z = S g (the down pass of up_g) is grad_x, which holds
-        # lam until the down pass overwrites it.
-        _copy_rows2(g[b], grad_lam[b], lam[b], grad_x[b], c0, c1)
+        # lam until the down pass overwrites it. in_place: grad_x is g's memory.
+        if in_place:
+            _copy_rows(g[b], grad_lam[b], c0, c1)
+            _copy_rows(lam[b], grad_x[b], c0, c1)
+        else:
+            _copy_rows2(g[b], grad_lam[b], lam[b], grad_x[b], c0, c1)
         _up_pass(grad_lam[b], grad_x[b], order[b], parent[b], c0, c1)
         _down_pass(grad_lam[b], grad_x[b], order[b], parent[b], c0, c1, one)
         _decay_grad_full(grad_lam[b], up[b], y[b], grad_x[b], lam[b], parent[b], order[b, 0],
@@ -232,13 +238,17 @@ def _decay_grad_subtree(a, up, grad_lam, parent, root, c0, c1):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _backward_subtree(g, lam, order, parent, up, grad_x, grad_lam, block):
+def _backward_subtree(g, lam, order, parent, up, grad_x, grad_lam, block, in_place):
     # a = grad_x: a[root] = g[root], a[v] = g[v] + lam[v] a[parent]; grad_lam[v] = a[p] up[v].
+    # in_place: grad_x is g's memory.
     B, L, C = g.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
         b, c0, c1 = _job(job, nblk, block, C)
-        _copy_rows2(g[b], grad_x[b], lam[b], grad_lam[b], c0, c1)
+        if in_place:
+            _copy_rows(lam[b], grad_lam[b], c0, c1)
+        else:
+            _copy_rows2(g[b], grad_x[b], lam[b], grad_lam[b], c0, c1)
         _subtree_down_pass(grad_x[b], grad_lam[b], order[b], c0, c1, parent[b])
         _decay_grad_subtree(grad_x[b], up[b], grad_lam[b], parent[b], order[b, 0], c0, c1)
 
@@ -286,15 +296,26 @@ def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
                   level_offsets: Tensor, up: Tensor, y: Tensor, mode: str
                   ) -> tuple[Tensor, Tensor]:
     """(grad_x, grad_decay), grad_decay zero at the root."""
+    return _backward(grad_y, decay, order, parent, up, y, mode, torch.empty_like(grad_y), False)
+
+
+def scan_backward_inplace(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+                          level_offsets: Tensor, up: Tensor, y: Tensor, mode: str
+                          ) -> tuple[Tensor, Tensor]:
+    """``scan_backward`` writing grad_x into grad_y's memory (contiguous, consumed)."""
+    return _backward(grad_y, decay, order, parent, up, y, mode, grad_y, True)
+
+
+def _backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor, up: Tensor,
+              y: Tensor, mode: str, grad_x: Tensor, in_place: bool) -> tuple[Tensor, Tensor]:
     B, L, C = grad_y.shape
-    one = _one(grad_y)
-    grad_x = torch.empty_like(grad_y)
     grad_decay = torch.empty_like(grad_y)
     block = channel_block(B, C)
+    g = grad_y.numpy() if in_place else _np(grad_y)
     if mode == "full":
-        _backward_full(_np(grad_y), _np(decay), _np(order), _np(parent), _np(up), _np(y),
-                       grad_x.numpy(), grad_decay.numpy(), block, one)
+        _backward_full(g, _np(decay), _np(order), _np(parent), _np(up), _np(y), grad_x.numpy(),
+                       grad_decay.numpy(), block, _one(grad_y), in_place)
     else:
-        _backward_subtree(_np(grad_y), _np(decay), _np(order), _np(parent), _np(up),
-                          grad_x.numpy(), grad_decay.numpy(), block)
+        _backward_subtree(g, _np(decay), _np(order), _np(parent), _np(up), grad_x.numpy(),
+                          grad_decay.numpy(), block, in_place)
     return grad_x, grad_decay

@@ -12,12 +12,16 @@ Composed from autograd-tracked torch ops, this keeps about fifteen (B, L, D) ten
 layer for backward (xs, Δ before and after softplus, Δ·b, decay, the scan's up pass and
 output, both LayerNorm outputs, the gate and its input, ...). This op keeps four: its
 inputs ``conv_out`` and ``z``, x_proj's output ``x_dbl`` (R + 2 numbers per position) and
-the scan output of each tree. Backward recomputes the rest: silu, Δ, u, decay (one fused
+the scan output of each tree. Backward recomputes the rest: Δ, u, decay (one fused
 pass), the scan's up pass (mode "full" only: one tree pass), both LayerNorms and the gate
 (one fused pass), then runs the closed-form scan backward and one fused pass per stage
 (``ssm_elementwise_backward``). With ``impl="numba"`` (CPU) each stage is one pass over
-memory in both directions; ``impl="torch"`` composes the same plan from ATen ops (any
-device; CUDA uses it with the Triton scan).
+memory in both directions, xs = silu(conv_out) is never stored (each pass recomputes it
+from conv_out), and results go into dead temporaries where one exists (the forward output
+into u's or decay's memory, grad_u into grad_h's, grad_conv into grad_xs'): on the CPU a
+fresh (B, L, D) buffer costs a page fault per 4 KiB, about as much as a pass over it.
+``impl="torch"`` composes the same plan from ATen ops (any device; CUDA uses it with the
+Triton scan).
 
 Two ``torch.library`` custom ops carry the work, opaque to ``torch.compile``:
 ``grootvl::selective_tree_scan`` -> (out, x_dbl, ys) and
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ssm_elementwise import silu_project_discretize, ssm_output
-from .ssm_elementwise_backward import discretize_backward, output_backward, silu_input_backward
+from .ssm_elementwise_backward import output_backward, silu_project_discretize_backward
 from .tree import Tree, autocast_dtype, autocast_off
 from .tree_scan import MODES, _backend, default_impl
 
@@ -61,7 +65,7 @@ def _scan_grads(grad_h: Tensor, u: Tensor, decay: Tensor, ys: Tensor,
                 trees: list[tuple[Tensor, Tensor, Tensor]], mode: str, scan_impl: str
                 ) -> tuple[Tensor, Tensor]:
     """(grad_u, grad_decay) summed over the trees; the up pass of each full scan is
-    recomputed (with one tree in u's memory, which is consumed)."""
+    recomputed (with one tree in u's memory, and grad_u in grad_h's: both are consumed)."""
     backend = _backend(scan_impl)
     grad_u = grad_decay = None
     for t, tree in enumerate(trees):
@@ -71,7 +75,10 @@ def _scan_grads(grad_h: Tensor, u: Tensor, decay: Tensor, ys: Tensor,
             up = backend.scan_forward_inplace(u, decay, *tree, "subtree")
         else:
             up = backend.scan_forward(u, decay, *tree, "subtree")[1]
-        gu, gd = backend.scan_backward(grad_h, decay, *tree, up, ys[t], mode)
+        if len(trees) == 1 and hasattr(backend, "scan_backward_inplace"):
+            gu, gd = backend.scan_backward_inplace(grad_h, decay, *tree, up, ys[t], mode)
+        else:
+            gu, gd = backend.scan_backward(grad_h, decay, *tree, up, ys[t], mode)
         grad_u, grad_decay = (gu, gd) if grad_u is None else (grad_u + gu, grad_decay + gd)
     return grad_u, grad_decay
 
@@ -92,13 +99,18 @@ def _forward_op(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor, dt_weight: T
         out_norm_weight, out_norm_bias))
     R = wdt.shape[1]
     with torch.no_grad(), autocast_off(conv_out.device):
-        xs, x_dbl, u, decay = silu_project_discretize(conv_out.to(compute), wx, wdt, bdt,
-                                                      -torch.exp(a_log), impl=impl)
+        pre = conv_out.to(compute)
+        # numba never writes x = silu(pre): the output stage applies the silu in its pass
+        xs, x_dbl, u, decay = silu_project_discretize(pre, wx, wdt, bdt, -torch.exp(a_log),
+                                                      impl=impl, keep_x=impl == "torch")
         trees = list(zip(orders, parents, level_offsets))
         ys = _scans(u, decay, trees, mode, scan_impl)
         h = ys[0] if len(trees) == 1 else ys.sum(0)
-        gated = ssm_output(h, x_dbl[..., R + 1:], xs, z.to(compute), skip, (hw, hb, h_eps),
-                           (ow, ob, out_eps), impl=impl, out=xs if impl == "numba" else None)
+        # the result goes into whichever of u and decay the scan output does not occupy
+        free = decay if ys.data_ptr() == u.data_ptr() else u
+        gated = ssm_output(h, x_dbl[..., R + 1:], pre if xs is None else xs, z.to(compute),
+                           skip, (hw, hb, h_eps), (ow, ob, out_eps), impl=impl,
+                           out=free if impl == "numba" else None, silu_x=xs is None)
         out = F.linear(gated.to(proj_dtype), out_proj_weight.to(proj_dtype))
     return out, x_dbl, ys
 
@@ -135,19 +147,21 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, y
         pre = conv_out.to(compute)
         a = -torch.exp(a_log_c)
         h = ys[0] if len(trees) == 1 else ys.sum(0)
-        xs, _, u, decay = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=x_dbl, impl=impl)
+        _, _, u, decay = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=x_dbl, impl=impl,
+                                                 keep_x=False)
         grad_x_dbl = torch.empty_like(x_dbl)
         # numba: the recomputed gated output is written into grad_gated's memory
         gated, grad_h, grad_xs, grad_z, *norm_grads = output_backward(
-            grad_gated, h, x_dbl, xs, z.to(compute), skip_c, (hw, hb, h_eps), (ow, ob, out_eps),
-            grad_x_dbl, impl=impl)
+            grad_gated, h, x_dbl, pre, z.to(compute), skip_c, (hw, hb, h_eps),
+            (ow, ob, out_eps), grad_x_dbl, impl=impl)
         del grad_gated, h
         grad_u, grad_decay = _scan_grads(grad_h, u, decay, ys, trees, mode, scan_impl)
         del u, grad_h
-        grad_wdt, grad_bdt, grad_a = discretize_backward(
-            grad_u, grad_decay, decay, x_dbl, wdt, bdt, xs, a, grad_xs, grad_x_dbl, impl=impl)
-        del grad_u, grad_decay, decay, xs
-        grad_conv, grad_wx = silu_input_backward(grad_xs, grad_x_dbl, wx, pre, impl=impl)
+        # numba: grad_conv is written into grad_xs's memory
+        grad_conv, grad_wx, grad_wdt, grad_bdt, grad_a = silu_project_discretize_backward(
+            grad_u, grad_decay, grad_xs, grad_x_dbl, decay, x_dbl, pre, wx, wdt, bdt, a,
+            impl=impl)
+        del grad_u, grad_decay, decay
         rows = grad_out.reshape(-1, grad_out.shape[-1]).to(proj_dtype)
         grad_out_proj = rows.T @ gated.to(proj_dtype).reshape(-1, D)
     grads = (grad_conv, grad_z, grad_wx, grad_wdt, grad_bdt, grad_a * a, *norm_grads,

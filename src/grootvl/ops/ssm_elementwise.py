@@ -46,16 +46,59 @@ _FASTMATH = {"contract", "reassoc", "nsz"}
 _ROWS_PER_CHUNK = 64
 
 
+# Small products of a row with a weight matrix (R + 2 or R rows of D) are written out with
+# channels innermost, so they vectorise, and four weight rows per sweep: a sweep loads and
+# stores its running row once per four multiply-adds instead of once per multiply-add,
+# which is what bounds them (the data are in L1 cache).
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _add_combination(out, coef, rows):
+    """out += coef @ rows; rows is (J, n)."""
+    J = coef.shape[0]
+    j = 0
+    while j + 4 <= J:
+        c0, c1, c2, c3 = coef[j], coef[j + 1], coef[j + 2], coef[j + 3]
+        w0, w1, w2, w3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
+        for k in range(out.shape[0]):
+            out[k] += c0 * w0[k] + c1 * w1[k] + c2 * w2[k] + c3 * w3[k]
+        j += 4
+    for jj in range(j, J):
+        c, w = coef[jj], rows[jj]
+        for k in range(out.shape[0]):
+            out[k] += c * w[k]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _dots(out, rows, v):
+    """out[j] = rows[j] · v; rows is (J, n)."""
+    real = v.dtype.type
+    J = rows.shape[0]
+    j = 0
+    while j + 4 <= J:
+        w0, w1, w2, w3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
+        s0 = s1 = s2 = s3 = real(0)
+        for k in range(v.shape[0]):
+            vk = v[k]
+            s0 += w0[k] * vk
+            s1 += w1[k] * vk
+            s2 += w2[k] * vk
+            s3 += w3[k] * vk
+        out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
+        j += 4
+    for jj in range(j, J):
+        w = rows[jj]
+        total = real(0)
+        for k in range(v.shape[0]):
+            total += w[k] * v[k]
+        out[jj] = total
+
+
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _dt_projection_row(dt, weight_t, bias, delta):
     """delta = dt @ weight_t + bias, Δ before its softplus."""
-    # a rank-R update per row: channels innermost, so it vectorises
     for k in range(delta.shape[0]):
         delta[k] = bias[k]
-    for r in range(dt.shape[0]):
-        w, d = weight_t[r], dt[r]
-        for k in range(delta.shape[0]):
-            delta[k] += w[k] * d
+    _add_combination(delta, dt, weight_t)
 
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
@@ -88,12 +131,7 @@ def _silu_project_row(pre, proj, x, x_dbl, project):
     for k in range(pre.shape[0]):
         x[k] = silu(pre[k])
     if project:  # R + 2 dot products: a matmul this narrow runs far below peak in BLAS
-        for j in range(proj.shape[0]):
-            w = proj[j]
-            total = x.dtype.type(0)
-            for k in range(pre.shape[0]):
-                total += w[k] * x[k]
-            x_dbl[j] = total
+        _dots(x_dbl, proj, x)
 
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
@@ -104,24 +142,26 @@ def _copy_row(src, dst):
 
 @njit(cache=True, error_model="numpy")
 def _silu_project_discretize_chunk(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project,
-                                   r0, r1):
+                                   write_x, r0, r1):
     # x is staged in a scratch row and written last: x may be pre's memory (in place)
     R = weight_t.shape[0]
-    delta = np.empty(x.shape[1], x.dtype)
-    x_row = np.empty(x.shape[1], x.dtype)
+    delta = np.empty(pre.shape[1], pre.dtype)
+    x_row = np.empty(pre.shape[1], pre.dtype)
     for i in range(r0, r1):
         _silu_project_row(pre[i], proj, x_row, x_dbl[i], project)
         _discretize_row(x_dbl[i, :R], weight_t, bias, x_row, x_dbl[i, R], a, u[i], decay[i],
                         delta)
-        _copy_row(x_row, x[i])
+        if write_x:
+            _copy_row(x_row, x[i])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _silu_project_discretize_rows(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project):
-    n = x.shape[0]
+def _silu_project_discretize_rows(pre, proj, weight_t, bias, a, x, x_dbl, u, decay, project,
+                                  write_x):
+    n = pre.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
         _silu_project_discretize_chunk(pre, proj, weight_t, bias, a, x, x_dbl, u, decay,
-                                       project, j * _ROWS_PER_CHUNK,
+                                       project, write_x, j * _ROWS_PER_CHUNK,
                                        min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
@@ -142,28 +182,33 @@ def _mean_rstd(row, eps):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _output_row(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, y):
+def _output_row(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, y, silu_x):
     m1, r1 = _mean_rstd(h, eps1)
-    for k in range(h.shape[0]):
-        y[k] = ((h[k] - m1) * r1 * w1[k] + b1[k]) * c + skip[k] * x[k]
+    if silu_x:  # x holds the scan input before its silu
+        for k in range(h.shape[0]):
+            y[k] = ((h[k] - m1) * r1 * w1[k] + b1[k]) * c + skip[k] * silu(x[k])
+    else:
+        for k in range(h.shape[0]):
+            y[k] = ((h[k] - m1) * r1 * w1[k] + b1[k]) * c + skip[k] * x[k]
     m2, r2 = _mean_rstd(y, eps2)
     for k in range(h.shape[0]):
         out[k] = ((y[k] - m2) * r2 * w2[k] + b2[k]) * silu(z[k])
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _output_chunk(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, r0, r1):
+def _output_chunk(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, silu_x, r0, r1):
     y = np.empty(h.shape[1], h.dtype)
     for i in range(r0, r1):
-        _output_row(h[i], c[i], x[i], z[i], skip, w1, b1, eps1, w2, b2, eps2, out[i], y)
+        _output_row(h[i], c[i], x[i], z[i], skip, w1, b1, eps1, w2, b2, eps2, out[i], y,
+                    silu_x)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _output_rows(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out):
+def _output_rows(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, silu_x):
     n = h.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
-        _output_chunk(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, j * _ROWS_PER_CHUNK,
-                      min(n, (j + 1) * _ROWS_PER_CHUNK))
+        _output_chunk(h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2, out, silu_x,
+                      j * _ROWS_PER_CHUNK, min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
 # --------------------------------------------------------------------------- checks
@@ -254,17 +299,20 @@ def discretize(dt: Tensor, dt_weight: Tensor, dt_bias: Tensor, x: Tensor, b: Ten
 def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
                             dt_bias: Tensor, a: Tensor, x_dbl: Tensor | None = None,
                             impl: str = "torch", x_out: Tensor | None = None,
-                            u_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                            u_out: Tensor | None = None, keep_x: bool = True
+                            ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """x = silu(pre), x_dbl = x @ proj_weight.T = [dt (R), b, c], then ``discretize``.
 
     Args:
         pre: (..., D) scan input before its silu. proj_weight: (R + 2, D) (x_proj).
         dt_weight: (D, R). dt_bias: (D,). a: (D,) A (negative).
         x_dbl: (..., R + 2) x_proj's output when already known (backward recomputes only
-            x, u and decay); None computes it.
+            u and decay); None computes it.
         impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU, one pass per row).
         x_out, u_out: where ``impl="numba"`` writes x and u (x_out may be ``pre`` itself);
             new tensors if None (see ``discretize`` on why reusing dead buffers pays).
+        keep_x: False returns None for x: ``impl="numba"`` then never writes it (the later
+            stages take ``pre`` and apply the silu in their own pass).
 
     Returns:
         (x, x_dbl, u, decay).
@@ -274,8 +322,8 @@ def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
     if impl == "torch":
         x = F.silu(pre)
         x_dbl = F.linear(x, proj_weight) if x_dbl is None else x_dbl
-        return (x, x_dbl, *discretize(x_dbl[..., :R], dt_weight, dt_bias, x,
-                                      x_dbl[..., R:R + 1], a))
+        return (x if keep_x else None, x_dbl,
+                *discretize(x_dbl[..., :R], dt_weight, dt_bias, x, x_dbl[..., R:R + 1], a))
     if proj_weight.shape != (R + 2, D):
         raise ValueError(f"silu_project_discretize: proj_weight must be ({R + 2}, {D}) for a "
                          f"({D}, {R}) dt_weight, got {tuple(proj_weight.shape)}")
@@ -286,20 +334,24 @@ def silu_project_discretize(pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
     project = x_dbl is None
     if project:
         x_dbl = torch.empty((*pre.shape[:-1], R + 2), dtype=pre.dtype)
-    x = torch.empty(pre.shape, dtype=pre.dtype) if x_out is None else x_out
+    if keep_x:
+        x = torch.empty(pre.shape, dtype=pre.dtype) if x_out is None else x_out
+        x_rows = _rows(x, D, "x")
+    else:
+        x, x_rows = None, pre.new_empty((0, D)).numpy()
     u = torch.empty(pre.shape, dtype=pre.dtype) if u_out is None else u_out
     decay = torch.empty(pre.shape, dtype=pre.dtype)
     x_dbl_rows = _rows(x_dbl, R + 2, "x_dbl") if project else _numpy(x_dbl.reshape(-1, R + 2))[0]
     _silu_project_discretize_rows(*_numpy(pre.reshape(-1, D), proj_weight, dt_weight.t(),
                                           dt_bias, a),
-                                  _rows(x, D, "x"), x_dbl_rows, _rows(u, D, "u"),
-                                  _rows(decay, D, "decay"), project)
+                                  x_rows, x_dbl_rows, _rows(u, D, "u"),
+                                  _rows(decay, D, "decay"), project, keep_x)
     return x, x_dbl, u, decay
 
 
 def ssm_output(h: Tensor, c: Tensor, x: Tensor, z: Tensor, skip: Tensor,
                h_norm: tuple[Tensor, Tensor, float], out_norm: tuple[Tensor, Tensor, float],
-               impl: str = "torch", out: Tensor | None = None) -> Tensor:
+               impl: str = "torch", out: Tensor | None = None, silu_x: bool = False) -> Tensor:
     """``LayerNorm_out(LayerNorm_h(h) · c + skip · x) · silu(z)`` over the last dimension.
 
     Args:
@@ -308,9 +360,11 @@ def ssm_output(h: Tensor, c: Tensor, x: Tensor, z: Tensor, skip: Tensor,
         h_norm, out_norm: (weight, bias, eps) of the two LayerNorms.
         impl: ``"torch"`` (differentiable, any device) or ``"numba"`` (CPU inference).
         out: where ``impl="numba"`` writes the result (may be ``h``); a new tensor if None.
+        silu_x: x is the scan input before its silu (applied here, in the same pass).
     """
     _check_impl("ssm_output", impl)
     if impl == "torch":
+        x = F.silu(x) if silu_x else x
         y = torch.addcmul(x * skip, F.layer_norm(h, h.shape[-1:], *h_norm), c)
         return F.layer_norm(y, y.shape[-1:], *out_norm) * F.silu(z)
     _check_shapes("ssm_output", {"h": h, "x": x, "z": z}, {"c": c}, {"skip": skip})
@@ -320,5 +374,5 @@ def ssm_output(h: Tensor, c: Tensor, x: Tensor, z: Tensor, skip: Tensor,
     out = torch.empty(h.shape, dtype=h.dtype) if out is None else out
     _output_rows(*_numpy(h.reshape(-1, D), c.reshape(-1), x.reshape(-1, D), z.reshape(-1, D),
                          skip, *h_norm[:2]), h_norm[2], *_numpy(*out_norm[:2]), out_norm[2],
-                 _rows(out, D, "out"))
+                 _rows(out, D, "out"), silu_x)
     return out

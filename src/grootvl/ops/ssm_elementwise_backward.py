@@ -4,14 +4,13 @@ They take only what the memory-lean ``selective_tree_scan`` keeps for backward (
 input before its silu, the gate before its silu, x_proj's small output, the scan output h)
 and recompute every cheap intermediate (silu, Δ, the LayerNorms, the gate) on the way:
 
-    output_backward:      out = LN_out(LN_h(h) · c + skip · x) · silu(z)   ->  gradients of
-                          h, c, x, z, skip and both norms' weight and bias (and out itself,
-                          which the output projection's weight gradient needs)
-    discretize_backward:  u = Δ · b · x, decay = exp(Δ · a), Δ = softplus(dt W_Δᵀ + b_Δ)
-                          ->  gradients of dt, b, W_Δ, b_Δ, a; adds Δ · b · grad_u to grad_x
-    silu_input_backward:  x = silu(pre), feeding both the layer (grad_x) and a projection
-                          (grad_proj, weight W): grad_pre = (grad_x + grad_proj W) · silu'(pre)
-                          and grad_W = grad_projᵀ x
+    output_backward:   out = LN_out(LN_h(h) · c + skip · x) · silu(z), x = silu(pre)
+                       ->  gradients of h, c, x, z, skip and both norms' weight and bias
+                       (and out itself, which the output projection's weight gradient needs)
+    silu_project_discretize_backward:
+                       x = silu(pre), [dt, b, c] = x W_xᵀ, Δ = softplus(dt W_Δᵀ + b_Δ),
+                       u = Δ · b · x, decay = exp(Δ · a)  ->  gradients of pre, W_x, W_Δ,
+                       b_Δ, a (grad_x from the output stage and grad_c come in)
 
 Rows are (..., D) channels-last; per-position scalars (b, c) are single columns of x_proj's
 output ``x_dbl`` = [dt (R), b, c]. ``impl="torch"`` composes ATen ops (any device; the
@@ -26,10 +25,11 @@ import torch.nn.functional as F
 from numba import njit, prange
 from torch import Tensor
 
-from ._vecmath_numba import exp, softplus
-from .ssm_elementwise import _FASTMATH, _ROWS_PER_CHUNK, _dt_projection_row, _mean_rstd
+from ._vecmath_numba import exp, silu, softplus
+from .ssm_elementwise import (_FASTMATH, _ROWS_PER_CHUNK, _add_combination, _dots,
+                              _dt_projection_row, _mean_rstd)
 
-__all__ = ["output_backward", "discretize_backward", "silu_input_backward"]
+__all__ = ["output_backward", "silu_project_discretize_backward"]
 
 IMPLS = ("torch", "numba")
 _NP_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
@@ -59,15 +59,18 @@ def _norm_input_grad_row(g_hat, xhat, rstd, out):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
-                         out, grad_h, grad_x, grad_z, acc, hhat, yhat, tmp, out_row):
-    """One row; returns grad_c. acc rows += grads of w1, b1, w2, b2, skip. ``out`` may be
-    ``g``'s memory: it is staged in ``out_row`` and written once g is read."""
+def _output_backward_row(g, h, c, pre, z, skip, w1, b1, eps1, w2, b2, eps2,
+                         out, grad_h, grad_x, grad_z, acc, hhat, yhat, tmp, out_row, x):
+    """One row, x = silu(pre) recomputed into the scratch row ``x``; returns grad_c. acc rows
+    += grads of w1, b1, w2, b2, skip. ``out`` may be ``g``'s memory: it is staged in
+    ``out_row`` and written once g is read."""
     real = h.dtype.type
     one = real(1)
     m1, r1 = _mean_rstd(h, eps1)
     for k in range(h.shape[0]):
         hhat[k] = (h[k] - m1) * r1
+    for k in range(h.shape[0]):
+        x[k] = silu(pre[k])
     for k in range(h.shape[0]):
         tmp[k] = (hhat[k] * w1[k] + b1[k]) * c + skip[k] * x[k]
     m2, r2 = _mean_rstd(tmp, eps2)
@@ -103,116 +106,127 @@ def _output_backward_row(g, h, c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _output_backward_chunk(g, h, x_dbl, col_c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
+def _output_backward_chunk(g, h, x_dbl, col_c, pre, z, skip, w1, b1, eps1, w2, b2, eps2,
                            out, grad_h, grad_x, grad_z, grad_x_dbl, acc, r0, r1):
     n = h.shape[1]
     hhat = np.empty(n, h.dtype)
     yhat = np.empty(n, h.dtype)
     tmp = np.empty(n, h.dtype)
     out_row = np.empty(n, h.dtype)
+    x = np.empty(n, h.dtype)
     for i in range(r0, r1):
         grad_x_dbl[i, col_c] = _output_backward_row(
-            g[i], h[i], x_dbl[i, col_c], x[i], z[i], skip, w1, b1, eps1, w2, b2, eps2,
-            out[i], grad_h[i], grad_x[i], grad_z[i], acc, hhat, yhat, tmp, out_row)
+            g[i], h[i], x_dbl[i, col_c], pre[i], z[i], skip, w1, b1, eps1, w2, b2, eps2,
+            out[i], grad_h[i], grad_x[i], grad_z[i], acc, hhat, yhat, tmp, out_row, x)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _output_backward_rows(g, h, x_dbl, col_c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
+def _output_backward_rows(g, h, x_dbl, col_c, pre, z, skip, w1, b1, eps1, w2, b2, eps2,
                           out, grad_h, grad_x, grad_z, grad_x_dbl, acc):
     n = h.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
-        _output_backward_chunk(g, h, x_dbl, col_c, x, z, skip, w1, b1, eps1, w2, b2, eps2,
+        _output_backward_chunk(g, h, x_dbl, col_c, pre, z, skip, w1, b1, eps1, w2, b2, eps2,
                                out, grad_h, grad_x, grad_z, grad_x_dbl, acc[j],
                                j * _ROWS_PER_CHUNK, min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _discretize_backward_row(gu, gl, lam, dt, weight_t, bias, x, b, a, grad_x, grad_dt,
-                             acc, acc_w, pre, gpre):
-    """One row; returns grad_b. acc rows += grads of a and b_Δ; acc_w += grad of W_Δᵀ."""
-    real = x.dtype.type
+def _discretize_backward_row(gu, gl, lam, x_dbl, weight_t, bias, pre, a, grad_x,
+                             grad_x_dbl, acc, delta_pre, gpre, x, sig):
+    """grad_x += Δ · b · grad_u and grad_x_dbl[:R + 1] = gradients of dt and b, for one row;
+    x = silu(pre) and its sigmoid go to the scratch rows x and sig, the gradient of Δ's
+    pre-activation to gpre. acc rows += grads of a and b_Δ."""
+    real = pre.dtype.type
     one = real(1)
     threshold = real(20)  # softplus' threshold: above it softplus is the identity
-    _dt_projection_row(dt, weight_t, bias, pre)
-    grad_b = real(0)
-    for k in range(x.shape[0]):
-        p = pre[k]
-        delta = softplus(p)
-        sig = one / (one + exp(-p))
-        guk = gu[k]
-        g_delta = guk * b * x[k] + gl[k] * lam[k] * a[k]
-        grad_b += guk * delta * x[k]
-        grad_x[k] += guk * delta * b
-        acc[0, k] += gl[k] * lam[k] * delta
-        gp = g_delta if p > threshold else g_delta * sig
-        gpre[k] = gp
-        acc[1, k] += gp
-    for r in range(dt.shape[0]):
-        w, d, aw = weight_t[r], dt[r], acc_w[r]
-        s = real(0)
-        for k in range(x.shape[0]):
-            aw[k] += gpre[k] * d
-            s += gpre[k] * w[k]
-        grad_dt[r] = s
-    return grad_b
-
-
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _discretize_backward_chunk(gu, gl, lam, x_dbl, weight_t, bias, x, a, grad_x, grad_x_dbl,
-                               acc, acc_w, r0, r1):
     R = weight_t.shape[0]
-    pre = np.empty(x.shape[1], x.dtype)
-    gpre = np.empty(x.shape[1], x.dtype)
-    for i in range(r0, r1):
-        grad_x_dbl[i, R] = _discretize_backward_row(
-            gu[i], gl[i], lam[i], x_dbl[i, :R], weight_t, bias, x[i], x_dbl[i, R], a,
-            grad_x[i], grad_x_dbl[i, :R], acc, acc_w, pre, gpre)
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def _discretize_backward_rows(gu, gl, lam, x_dbl, weight_t, bias, x, a, grad_x, grad_x_dbl,
-                              acc, acc_w):
-    n = x.shape[0]
-    for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
-        _discretize_backward_chunk(gu, gl, lam, x_dbl, weight_t, bias, x, a, grad_x,
-                                   grad_x_dbl, acc[j], acc_w[j], j * _ROWS_PER_CHUNK,
-                                   min(n, (j + 1) * _ROWS_PER_CHUNK))
-
-
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _silu_input_backward_row(gx, gp, weight, pre, out, acc, sig, x, tmp):
-    one = pre.dtype.type(1)
+    b = x_dbl[R]
+    _dt_projection_row(x_dbl[:R], weight_t, bias, delta_pre)
     for k in range(pre.shape[0]):
         s = one / (one + exp(-pre[k]))
         sig[k] = s
         x[k] = pre[k] * s
-        tmp[k] = gx[k]
-    for j in range(gp.shape[0]):
-        g, w, aw = gp[j], weight[j], acc[j]
-        for k in range(pre.shape[0]):
-            tmp[k] += g * w[k]
-            aw[k] += g * x[k]
+    grad_b = real(0)
     for k in range(pre.shape[0]):
-        s = sig[k]
-        out[k] = tmp[k] * (s * (one + pre[k] * (one - s)))
+        p = delta_pre[k]
+        delta = softplus(p)
+        sp = one / (one + exp(-p))
+        guk = gu[k]
+        g_lam = gl[k] * lam[k]
+        g_delta = guk * b * x[k] + g_lam * a[k]
+        grad_b += guk * delta * x[k]
+        grad_x[k] += guk * delta * b
+        acc[0, k] += g_lam * delta
+        gp = g_delta if p > threshold else g_delta * sp
+        gpre[k] = gp
+        acc[1, k] += gp
+    _dots(grad_x_dbl[:R], weight_t, gpre)
+    grad_x_dbl[R] = grad_b
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _silu_input_backward_chunk(gx, gp, weight, pre, out, acc, r0, r1):
+def _silu_input_backward_row(gx, gp, proj, pre, sig, tmp):
+    """gx = (gx + gp @ proj) · silu'(pre) in place, with sig = sigmoid(pre)."""
+    one = pre.dtype.type(1)
+    for k in range(pre.shape[0]):
+        tmp[k] = gx[k]
+    _add_combination(tmp, gp, proj)
+    for k in range(pre.shape[0]):
+        s = sig[k]
+        gx[k] = tmp[k] * (s * (one + pre[k] * (one - s)))
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _add_outer(acc, coef, vecs, q):
+    """acc[j] += Σ_t coef[t, j] · vecs[t] over the first q (≤ 4) rows: the weight gradients
+    of q positions at once, so each acc row is loaded and stored once per q products."""
+    if q == 4:
+        v0, v1, v2, v3 = vecs[0], vecs[1], vecs[2], vecs[3]
+        for j in range(acc.shape[0]):
+            aw = acc[j]
+            c0, c1, c2, c3 = coef[0, j], coef[1, j], coef[2, j], coef[3, j]
+            for k in range(aw.shape[0]):
+                aw[k] += c0 * v0[k] + c1 * v1[k] + c2 * v2[k] + c3 * v3[k]
+    else:
+        for t in range(q):
+            v = vecs[t]
+            for j in range(acc.shape[0]):
+                aw, c = acc[j], coef[t, j]
+                for k in range(aw.shape[0]):
+                    aw[k] += c * v[k]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _input_backward_chunk(gu, gl, lam, x_dbl, weight_t, bias, proj, pre, a, grad_x,
+                          grad_x_dbl, acc, r0, r1):
     n = pre.shape[1]
-    sig = np.empty(n, pre.dtype)
-    x = np.empty(n, pre.dtype)
+    R = weight_t.shape[0]
+    delta_pre = np.empty(n, pre.dtype)
     tmp = np.empty(n, pre.dtype)
-    for i in range(r0, r1):
-        _silu_input_backward_row(gx[i], gp[i], weight, pre[i], out[i], acc, sig, x, tmp)
+    gpre = np.empty((4, n), pre.dtype)
+    x = np.empty((4, n), pre.dtype)
+    sig = np.empty((4, n), pre.dtype)
+    for i in range(r0, r1, 4):
+        q = min(4, r1 - i)
+        for t in range(q):
+            _discretize_backward_row(gu[i + t], gl[i + t], lam[i + t], x_dbl[i + t], weight_t,
+                                     bias, pre[i + t], a, grad_x[i + t],
+                                     grad_x_dbl[i + t], acc, delta_pre, gpre[t], x[t], sig[t])
+        _add_outer(acc[2:2 + R], x_dbl[i:i + q, :R], gpre, q)
+        for t in range(q):  # x also feeds x_proj
+            _silu_input_backward_row(grad_x[i + t], grad_x_dbl[i + t], proj, pre[i + t], sig[t],
+                                     tmp)
+        _add_outer(acc[2 + R:], grad_x_dbl[i:i + q], x, q)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _silu_input_backward_rows(gx, gp, weight, pre, out, acc):
+def _input_backward_rows(gu, gl, lam, x_dbl, weight_t, bias, proj, pre, a, grad_x,
+                         grad_x_dbl, acc):
     n = pre.shape[0]
     for j in prange((n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK):
-        _silu_input_backward_chunk(gx, gp, weight, pre, out, acc[j], j * _ROWS_PER_CHUNK,
-                                   min(n, (j + 1) * _ROWS_PER_CHUNK))
+        _input_backward_chunk(gu, gl, lam, x_dbl, weight_t, bias, proj, pre, a, grad_x,
+                              grad_x_dbl, acc[j], j * _ROWS_PER_CHUNK,
+                              min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -233,14 +247,16 @@ def _chunks(rows: int) -> int:
 
 # --------------------------------------------------------------------------- public ops
 
-def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, x: Tensor, z: Tensor,
+def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, pre: Tensor, z: Tensor,
                     skip: Tensor, h_norm: tuple[Tensor, Tensor, float],
                     out_norm: tuple[Tensor, Tensor, float], grad_x_dbl: Tensor,
                     impl: str = "torch") -> tuple[Tensor, ...]:
-    """Backward of ``ssm_output`` with c = x_dbl[..., -1], recomputing its intermediates.
+    """Backward of ``ssm_output`` with x = silu(pre) and c = x_dbl[..., -1], recomputing its
+    intermediates.
 
     Args:
-        grad_out: (..., D) gradient of out. h, x, z: (..., D) as in ``ssm_output``.
+        grad_out: (..., D) gradient of out. h, z: (..., D) as in ``ssm_output``.
+        pre: (..., D) the scan input before its silu.
         x_dbl: (..., R + 2) x_proj output whose last column is c. skip: (D,).
         h_norm, out_norm: (weight, bias, eps) of the two LayerNorms.
         grad_x_dbl: (..., R + 2) buffer; its last column receives grad_c.
@@ -249,11 +265,13 @@ def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, x: Tensor, z: Te
 
     Returns:
         (out, grad_h, grad_x, grad_z, grad_skip, grad_h_norm_weight, grad_h_norm_bias,
-        grad_out_norm_weight, grad_out_norm_bias); ``out`` is the recomputed forward result.
+        grad_out_norm_weight, grad_out_norm_bias); ``out`` is the recomputed forward result,
+        grad_x the gradient of x = silu(pre).
     """
     _check_impl("output_backward", impl)
     D = h.shape[-1]
     if impl == "torch":
+        x = F.silu(pre)
         c = x_dbl[..., -1:]
         n1, m1, r1 = aten.native_layer_norm(h, [D], *h_norm)
         y = torch.addcmul(x * skip, n1, c)
@@ -276,7 +294,7 @@ def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, x: Tensor, z: Te
     acc = np.zeros((_chunks(h.numel() // D), 5, D), _NP_DTYPE[h.dtype])
     gxd = grad_x_dbl.view(-1, x_dbl.shape[-1]).numpy()
     _output_backward_rows(
-        _rows(grad_out), _rows(h), _rows(x_dbl), x_dbl.shape[-1] - 1, _rows(x), _rows(z),
+        _rows(grad_out), _rows(h), _rows(x_dbl), x_dbl.shape[-1] - 1, _rows(pre), _rows(z),
         skip.detach().numpy(), h_norm[0].detach().numpy(), h_norm[1].detach().numpy(),
         h_norm[2], out_norm[0].detach().numpy(), out_norm[1].detach().numpy(), out_norm[2],
         _rows(out), _rows(grad_h), _rows(grad_x), _rows(grad_z), gxd, acc)
@@ -284,58 +302,50 @@ def output_backward(grad_out: Tensor, h: Tensor, x_dbl: Tensor, x: Tensor, z: Te
     return out, grad_h, grad_x, grad_z, sums[4], sums[0], sums[1], sums[2], sums[3]
 
 
-def discretize_backward(grad_u: Tensor, grad_decay: Tensor, decay: Tensor, x_dbl: Tensor,
-                        dt_weight: Tensor, dt_bias: Tensor, x: Tensor, a: Tensor,
-                        grad_x: Tensor, grad_x_dbl: Tensor, impl: str = "torch"
-                        ) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward of ``discretize`` with dt = x_dbl[..., :R] and b = x_dbl[..., R].
+def silu_project_discretize_backward(grad_u: Tensor, grad_decay: Tensor, grad_x: Tensor,
+                                     grad_x_dbl: Tensor, decay: Tensor, x_dbl: Tensor,
+                                     pre: Tensor, proj_weight: Tensor, dt_weight: Tensor,
+                                     dt_bias: Tensor, a: Tensor, impl: str = "torch"
+                                     ) -> tuple[Tensor, ...]:
+    """Backward of ``silu_project_discretize``: x = silu(pre), x_dbl = x W_xᵀ = [dt, b, c],
+    u = Δ · b · x, decay = exp(Δ · a), Δ = softplus(dt W_Δᵀ + b_Δ).
 
-    ``grad_x`` (..., D) is accumulated into (+= Δ · b · grad_u); columns :R + 1 of
-    ``grad_x_dbl`` receive grad_dt and grad_b. Returns (grad_dt_weight (D, R),
-    grad_dt_bias (D,), grad_a (D,)). ``decay`` is the forward's exp(Δ · a).
+    Args:
+        grad_u, grad_decay: (..., D) gradients of u and decay (``decay``: its forward value).
+        grad_x: (..., D) the gradient x gets from elsewhere (the output stage's skip term).
+        grad_x_dbl: (..., R + 2) whose last column holds grad_c; columns :R + 1 receive the
+            gradients of dt and b.
+        pre: (..., D). proj_weight: (R + 2, D). dt_weight: (D, R). dt_bias, a: (D,).
+        impl: ``"torch"`` (any device) or ``"numba"`` (CPU, one pass per row; grad_pre is
+            written into grad_x's memory).
+
+    Returns:
+        (grad_pre, grad_proj_weight, grad_dt_weight, grad_dt_bias, grad_a).
     """
-    _check_impl("discretize_backward", impl)
+    _check_impl("silu_project_discretize_backward", impl)
     D, R = dt_weight.shape
     if impl == "torch":
+        x = F.silu(pre)
         dt, b = x_dbl[..., :R], x_dbl[..., R:R + 1]
-        pre = F.linear(dt, dt_weight, dt_bias)
-        delta = F.softplus(pre)
-        g_pre = aten.softplus_backward(grad_u * b * x + grad_decay * decay * a, pre, 1, 20)
+        pre_delta = F.linear(dt, dt_weight, dt_bias)
+        delta = F.softplus(pre_delta)
+        g_pre = aten.softplus_backward(grad_u * b * x + grad_decay * decay * a, pre_delta, 1, 20)
         grad_x_dbl[..., R:R + 1] = (grad_u * delta * x).sum(-1, keepdim=True)
-        grad_x.addcmul_(grad_u * delta, b)
+        grad_x = torch.addcmul(grad_x, grad_u * delta, b)
         grad_x_dbl[..., :R] = g_pre @ dt_weight
         g_pre_rows = g_pre.reshape(-1, D)
         grad_a = (grad_decay * decay * delta).reshape(-1, D).sum(0)
-        return g_pre_rows.T @ dt.reshape(-1, R), g_pre_rows.sum(0), grad_a
-    chunks = _chunks(x.numel() // D)
-    acc = np.zeros((chunks, 2, D), _NP_DTYPE[x.dtype])
-    acc_w = np.zeros((chunks, R, D), _NP_DTYPE[x.dtype])
-    _discretize_backward_rows(
-        _rows(grad_u), _rows(grad_decay), _rows(decay), _rows(x_dbl),
-        dt_weight.detach().t().contiguous().numpy(), dt_bias.detach().numpy(), _rows(x),
-        a.detach().numpy(), grad_x.view(-1, D).numpy(),
-        grad_x_dbl.view(-1, x_dbl.shape[-1]).numpy(), acc, acc_w)
-    sums, sums_w = torch.from_numpy(acc.sum(0)), torch.from_numpy(acc_w.sum(0))
-    return sums_w.T, sums[1], sums[0]
-
-
-def silu_input_backward(grad_x: Tensor, grad_proj: Tensor, proj_weight: Tensor, pre: Tensor,
-                        impl: str = "torch") -> tuple[Tensor, Tensor]:
-    """Backward of x = silu(pre) feeding the layer (grad_x) and the projection
-    ``x @ proj_weight.T`` (grad_proj).
-
-    Returns (grad_pre, grad_proj_weight) = ((grad_x + grad_proj @ proj_weight) · silu'(pre),
-    grad_projᵀ @ silu(pre)). ``impl="numba"`` writes grad_pre into grad_x's memory.
-    """
-    _check_impl("silu_input_backward", impl)
-    D, P = grad_x.shape[-1], grad_proj.shape[-1]
-    if impl == "torch":
-        rows = grad_proj.reshape(-1, P)
+        grad_wdt = g_pre_rows.T @ dt.reshape(-1, R)
+        rows = grad_x_dbl.reshape(-1, R + 2)
         grad_pre = aten.silu_backward(torch.addmm(grad_x.reshape(-1, D), rows, proj_weight)
                                       .view(grad_x.shape), pre)
-        return grad_pre, rows.T @ F.silu(pre).reshape(-1, D)
+        return grad_pre, rows.T @ x.reshape(-1, D), grad_wdt, g_pre_rows.sum(0), grad_a
+    acc = np.zeros((_chunks(pre.numel() // D), 2 * R + 4, D), _NP_DTYPE[pre.dtype])
     gx = grad_x.view(-1, D).numpy()
-    acc = np.zeros((_chunks(gx.shape[0]), P, D), _NP_DTYPE[grad_x.dtype])
-    _silu_input_backward_rows(gx, _rows(grad_proj), proj_weight.detach().contiguous().numpy(),
-                              _rows(pre), gx, acc)
-    return grad_x, torch.from_numpy(acc.sum(0))
+    _input_backward_rows(
+        _rows(grad_u), _rows(grad_decay), _rows(decay), _rows(x_dbl),
+        dt_weight.detach().t().contiguous().numpy(), dt_bias.detach().numpy(),
+        proj_weight.detach().contiguous().numpy(), _rows(pre), a.detach().numpy(), gx,
+        grad_x_dbl.view(-1, R + 2).numpy(), acc)
+    sums = torch.from_numpy(acc.sum(0))
+    return grad_x, sums[2 + R:], sums[2:2 + R].T, sums[1], sums[0]
