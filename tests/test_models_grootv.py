@@ -233,6 +233,29 @@ def test_drop_path_is_linear_over_all_blocks():
     np.testing.assert_allclose(rates, np.linspace(0, 0.7, 8), rtol=1e-6)
 
 
+def test_drop_path_applied_in_the_residual_sum_matches_timm_drop_path():
+    """Training blocks scale the branch inside the sum: the numbers, random draws and
+    gradients of x + timm's DropPath(branch)."""
+    from grootvl.models.grootv import GrootVBlock
+    torch.manual_seed(5)
+    block = GrootVBlock(16, drop_path=0.5).train()
+    x = torch.randn(6, 4, 5, 16, requires_grad=True)
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(50)
+        if fused:
+            out = block(x)[0]
+        else:
+            y = x + block.drop_path(block.TreeSSM(block.norm1(x))[0])
+            out = y + block.drop_path(block.mlp(block.norm2(y)))
+        grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+        results.append([out, *grads])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    block.eval()  # drop path was active: every sample's branches were dropped or rescaled
+    assert (results[0][0] != block(x)[0]).flatten(1).any(1).all()
+
+
 def test_grad_checkpointing_gives_the_same_gradients():
     torch.manual_seed(3)
     model = GrootV(**TINY)

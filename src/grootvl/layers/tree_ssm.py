@@ -236,13 +236,15 @@ class TreeSSM(nn.Module):
             )
         if tree is not None:
             self._check_trees(tree)
-        weight = self.in_proj.weight
         # Two projections instead of one + chunk: each half comes out contiguous, so the
-        # convolution input below is an exact channels-last tensor (no hidden copy).
-        x_in = F.linear(x, weight[:self.d_inner])
+        # convolution input below is an exact channels-last tensor (no hidden copy). The
+        # weight is split, not sliced twice: backward then writes both halves of its
+        # gradient into one tensor instead of adding two zero-padded full-size ones.
+        weight_x, weight_z = self.in_proj.weight.split(self.d_inner)
+        x_in = F.linear(x, weight_x)
         # the gate (its silu is applied in ssm_output); the fused CPU inference path projects
         # it after the scan instead, into the memory of a scan temporary that is dead by then
-        z = None if self._late_gate(x) else F.linear(x, weight[self.d_inner:])
+        z = None if self._late_gate(x) else F.linear(x, weight_z)
         # (also under torch.compile: the op is one opaque node there, and compiled training
         # keeps its four tensors per layer instead of what Inductor would save)
         if torch.is_grad_enabled() and self.lean_backward:

@@ -112,10 +112,22 @@ class GrootVBlock(nn.Module):
     def forward(self, x: Tensor, tree: Trees | None = None) -> tuple[Tensor, Trees]:
         """(B, H, W, C) -> ((B, H, W, C), tree(s) used); ``tree`` None builds this block's own."""
         y, tree = self.TreeSSM(self.norm1(x), tree)
-        x = self._residual(x, self.drop_path(y), self.TreeSSM)
-        return self._residual(x, self.drop_path(self.mlp(self.norm2(x))), self.mlp), tree
+        x = self._residual(x, y, self.TreeSSM)
+        return self._residual(x, self.mlp(self.norm2(x)), self.mlp), tree
 
     def _residual(self, x: Tensor, branch: Tensor, module: nn.Module) -> Tensor:
+        """x + drop_path(branch)."""
+        drop = self.drop_path
+        if isinstance(drop, DropPath) and drop.training and drop.drop_prob > 0.0:
+            # timm's DropPath, its random draws and numbers, with the per-sample scale applied
+            # in the sum (one pass and one (B, H, W, C) temporary fewer than scale, then add)
+            # (each in-place result is used: torch.fx drops unused in-place calls as dead code)
+            keep_prob = 1.0 - drop.drop_prob
+            scale = branch.new_empty((branch.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
+            if keep_prob > 0.0 and drop.scale_by_keep:
+                scale = scale.div_(keep_prob)
+            return torch.addcmul(x, branch, scale)
+        branch = drop(branch)
         # Without autograd the sum goes into the branch's fresh output (same numbers, one
         # allocation fewer; see grootvl.layers.inplace); never into x, which the caller owns.
         if (isinstance(branch, Tensor) and branch is not x and branch.dtype == x.dtype
