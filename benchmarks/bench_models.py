@@ -2,6 +2,7 @@
 
     python benchmarks/bench_models.py [--batch 8] [--size 224] [--threads 2] [--rounds 7]
                                       [--sections inference,train,saved,peak,grootl,breakdown]
+                                      [--keep-freed-memory]
 
 Everything is measured in one run, the way a user would: ``import torch`` comes first, random
 weights (nothing is downloaded), float32.
@@ -24,7 +25,10 @@ weights (nothing is downloaded), float32.
 
 Timed sections alternate between the models round by round, so load from other processes
 hits all of them alike; ratios are given as the median of per-round ratios (each round sees
-one load level) next to the ratio of medians. The process CPU time is printed too.
+one load level) next to the ratio of medians. The process CPU time is printed too, and the
+minor page faults per call: how many of a step's fresh buffers fault depends on what the
+process allocated before, and it moves the time ratios by several per cent
+(``--keep-freed-memory`` takes that out).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import argparse
 import gc
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -75,7 +80,8 @@ def create(label: str, size: int) -> torch.nn.Module:
 
 def interleaved(steps: dict, rounds: int, warmup: int = 1
                 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per call of each step, round by round.
+    """Wall-clock and process CPU seconds per call of each step, round by round (the minor
+    page faults of each call go to ``cpu_faults``).
 
     Each round runs the steps in a new (seeded) order: in a fixed order every step would
     always follow the same other one and inherit its after-effects (caches, the allocator's
@@ -86,17 +92,26 @@ def interleaved(steps: dict, rounds: int, warmup: int = 1
             step()
     wall = {name: [] for name in steps}
     cpu = {name: [] for name in steps}
+    cpu_faults.clear()
     shuffler = random.Random(0)
     for _ in range(rounds):
         order = list(steps)
         shuffler.shuffle(order)
         for name in order:
             step = steps[name]
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             c0, t0 = time.process_time(), time.perf_counter()
             step()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
+            cpu_faults.setdefault(name, []).append(
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     return wall, cpu
+
+
+#: Minor page faults per call of the last ``interleaved`` run's steps: a fresh large buffer
+#: faults once per 4 KiB page on first touch, which can cost as much as the work on it.
+cpu_faults: dict[str, list[int]] = {}
 
 
 def report(title: str, wall: dict, cpu: dict, baseline: str, target_key: str | None) -> dict:
@@ -111,7 +126,8 @@ def report(title: str, wall: dict, cpu: dict, baseline: str, target_key: str | N
         cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu[baseline])
         print(f"  {name:18s} {med[name] * 1e3:8.0f} ms  [min {min(values) * 1e3:.0f}]  "
               f"x{paired:5.2f} per round, x{med[name] / med[baseline]:.2f} of medians, "
-              f"CPU time {statistics.median(cpu[name]) * 1e3:.0f} ms (x{cpu_ratio:.2f})")
+              f"CPU time {statistics.median(cpu[name]) * 1e3:.0f} ms (x{cpu_ratio:.2f}), "
+              f"{statistics.median(cpu_faults.get(name, [0])) / 1e3:.0f} K page faults")
     if target_key:
         verdict(f"{target_key}: grootv_tiny / {baseline}", ratios["grootv_tiny"],
                 TARGETS[target_key])
@@ -344,8 +360,20 @@ def main() -> None:
                         help="comma-separated subset of: " + ",".join(SECTIONS))
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated subset of: " + ",".join(MODELS))
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="tell glibc never to return freed memory to the OS (Linux): no "
+                        "page faults after the first steps, so the time ratios show arithmetic "
+                        "alone instead of also how often each model's allocations fault")
     parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        if "peak" in args.sections.split(","):
+            parser.error("--keep-freed-memory: leave out the peak section (it needs freed "
+                         "memory returned to read resident memory)")
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: large blocks from the heap, not mmap
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: never shrink the heap
     torch.set_num_threads(args.threads)
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
@@ -362,7 +390,8 @@ def main() -> None:
                      f"{BASELINE}")
     print(f"CPU, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}, "
           f"float32, {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
+          + ("; freed memory kept (no page faults)" if args.keep_freed_memory else ""))
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     labels = torch.randint(0, 1000, (args.batch,))
