@@ -79,9 +79,10 @@ def create(label: str, size: int) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- timing
 
 def interleaved(steps: dict, rounds: int, warmup: int = 1
-                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per call of each step, round by round (the minor
-    page faults of each call go to ``cpu_faults``).
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]]]:
+    """Wall-clock seconds, process CPU seconds and minor page faults per call of each step,
+    round by round. (A fresh large buffer faults once per 4 KiB page on first touch, which
+    can cost as much as the work on it.)
 
     Each round runs the steps in a new (seeded) order: in a fixed order every step would
     always follow the same other one and inherit its after-effects (caches, the allocator's
@@ -92,7 +93,7 @@ def interleaved(steps: dict, rounds: int, warmup: int = 1
             step()
     wall = {name: [] for name in steps}
     cpu = {name: [] for name in steps}
-    cpu_faults.clear()
+    faults = {name: [] for name in steps}
     shuffler = random.Random(0)
     for _ in range(rounds):
         order = list(steps)
@@ -104,17 +105,12 @@ def interleaved(steps: dict, rounds: int, warmup: int = 1
             step()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-            cpu_faults.setdefault(name, []).append(
-                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    return wall, cpu
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return wall, cpu, faults
 
 
-#: Minor page faults per call of the last ``interleaved`` run's steps: a fresh large buffer
-#: faults once per 4 KiB page on first touch, which can cost as much as the work on it.
-cpu_faults: dict[str, list[int]] = {}
-
-
-def report(title: str, wall: dict, cpu: dict, baseline: str, target_key: str | None) -> dict:
+def report(title: str, wall: dict, cpu: dict, faults: dict, baseline: str,
+           target_key: str | None) -> dict:
     """Print medians and ratios to the baseline; returns {label: median per-round ratio}."""
     if title:
         print(f"\n{title}")
@@ -127,7 +123,7 @@ def report(title: str, wall: dict, cpu: dict, baseline: str, target_key: str | N
         print(f"  {name:18s} {med[name] * 1e3:8.0f} ms  [min {min(values) * 1e3:.0f}]  "
               f"x{paired:5.2f} per round, x{med[name] / med[baseline]:.2f} of medians, "
               f"CPU time {statistics.median(cpu[name]) * 1e3:.0f} ms (x{cpu_ratio:.2f}), "
-              f"{statistics.median(cpu_faults.get(name, [0])) / 1e3:.0f} K page faults")
+              f"{statistics.median(faults[name]) / 1e3:.0f} K page faults")
     if target_key:
         verdict(f"{target_key}: grootv_tiny / {baseline}", ratios["grootv_tiny"],
                 TARGETS[target_key])
@@ -149,8 +145,8 @@ def inference_section(models: dict, x: torch.Tensor, rounds: int) -> None:
                 model(x)
         return step
 
-    wall, cpu = interleaved({k: forward(m) for k, m in models.items()}, rounds)
-    report("Inference (forward under inference_mode), per batch:", wall, cpu, BASELINE,
+    wall, cpu, faults = interleaved({k: forward(m) for k, m in models.items()}, rounds)
+    report("Inference (forward under inference_mode), per batch:", wall, cpu, faults, BASELINE,
            "inference")
 
 
@@ -168,8 +164,9 @@ def training_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor)
 
 def train_section(models: dict, x: torch.Tensor, labels: torch.Tensor, rounds: int) -> None:
     steps = {k: training_step(m, x, labels) for k, m in models.items()}
-    wall, cpu = interleaved(steps, rounds)
-    report("Training step (forward + backward + AdamW step), per batch:", wall, cpu, BASELINE,
+    wall, cpu, faults = interleaved(steps, rounds)
+    report("Training step (forward + backward + AdamW step), per batch:", wall, cpu, faults,
+           BASELINE,
            "train")
     for model in models.values():  # drop gradients and optimizer state before what follows
         model.zero_grad(set_to_none=True)
@@ -284,13 +281,14 @@ def grootl_section(rounds: int) -> None:
     for cache in (False, True):
         steps[f"mamba, cache {cache}"] = forward(mamba, use_cache=cache)
         steps[f"grootl, cache {cache}"] = forward(grootl, use_cache=cache, context_length=context)
-    wall, cpu = interleaved(steps, rounds)
+    wall, cpu, faults = interleaved(steps, rounds)
     title = (f"GrootL vs stock Mamba forward (batch {batch}, sequence {seq}, hidden {hidden}, "
              f"2 layers, state 16, context {context}), use_cache False / True:")
     print(f"\n{title}")
     for cache in (False, True):
         pair = {k: v for k, v in wall.items() if k.endswith(str(cache))}
-        ratios = report("", pair, {k: cpu[k] for k in pair}, f"mamba, cache {cache}", None)
+        ratios = report("", pair, {k: cpu[k] for k in pair}, faults, f"mamba, cache {cache}",
+                        None)
         verdict(f"grootl / mamba, use_cache={cache}", ratios[f"grootl, cache {cache}"],
                 GROOTL_TARGET)
 

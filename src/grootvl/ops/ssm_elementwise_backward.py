@@ -180,20 +180,8 @@ def _silu_input_backward_row(gx, gp, proj, pre, sig, tmp):
 def _add_outer(acc, coef, vecs, q):
     """acc[j] += Σ_t coef[t, j] · vecs[t] over the first q (≤ 4) rows: the weight gradients
     of q positions at once, so each acc row is loaded and stored once per q products."""
-    if q == 4:
-        v0, v1, v2, v3 = vecs[0], vecs[1], vecs[2], vecs[3]
-        for j in range(acc.shape[0]):
-            aw = acc[j]
-            c0, c1, c2, c3 = coef[0, j], coef[1, j], coef[2, j], coef[3, j]
-            for k in range(aw.shape[0]):
-                aw[k] += c0 * v0[k] + c1 * v1[k] + c2 * v2[k] + c3 * v3[k]
-    else:
-        for t in range(q):
-            v = vecs[t]
-            for j in range(acc.shape[0]):
-                aw, c = acc[j], coef[t, j]
-                for k in range(aw.shape[0]):
-                    aw[k] += c * v[k]
+    for j in range(acc.shape[0]):
+        _add_combination(acc[j], coef[:q, j], vecs[:q])
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
