@@ -23,7 +23,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["exp", "softplus", "silu", "exp_f32", "softplus_f32", "silu_f32"]
+__all__ = ["exp", "softplus", "softplus_and_sigmoid", "silu", "exp_f32", "softplus_f32",
+           "softplus_and_sigmoid_f32", "silu_f32"]
 
 f32 = np.float32
 _LOG2E = f32(1.44269504088896341)
@@ -90,15 +91,22 @@ def _log_f32(u):
 
 
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def softplus_f32(t):
-    """log(1 + exp(t)), and t itself above 20 (PyTorch's softplus threshold)."""
+def softplus_and_sigmoid_f32(t):
+    """(softplus(t), sigmoid(t)) from one exp: sigmoid(t) = w / (1 + w) with w = exp(t), the
+    derivative of softplus. Above 20 softplus is t and the sigmoid 1 to float32 precision."""
     w = exp_f32(min(t, f32(20)))
     u = f32(1) + w
     d = u - f32(1)
     # log1p(w) = log(u) * w / (u - 1): exact rounding of u cancels (Goldberg); tiny w -> w
     small = d == f32(0)
     sp = w if small else _log_f32(u) * (w / (d if not small else f32(1)))
-    return t if t > f32(20) else sp
+    return (t if t > f32(20) else sp), w / u
+
+
+@njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def softplus_f32(t):
+    """log(1 + exp(t)), and t itself above 20 (PyTorch's softplus threshold)."""
+    return softplus_and_sigmoid_f32(t)[0]
 
 
 @njit(inline="always", fastmath={"contract"}, error_model="numpy")
@@ -115,6 +123,12 @@ def exp(x):
 def softplus(t):
     """softplus (threshold 20) for numba code: softplus_f32 on float32, libm on float64."""
     return t if t > 20 else math.log1p(math.exp(t))
+
+
+def softplus_and_sigmoid(t):
+    """(softplus(t), sigmoid(t)) for numba code, sharing one exp (float32 and float64)."""
+    w = math.exp(min(t, 20))
+    return (t if t > 20 else math.log1p(w)), w / (1 + w)
 
 
 def silu(z):
@@ -134,6 +148,17 @@ def _softplus_overload(t):
     if t == types.float32:
         return lambda t: softplus_f32(t)
     return lambda t: t if t > 20.0 else math.log1p(math.exp(t))
+
+
+@overload(softplus_and_sigmoid, inline="always")
+def _softplus_and_sigmoid_overload(t):
+    if t == types.float32:
+        return lambda t: softplus_and_sigmoid_f32(t)
+
+    def f64(t):
+        w = math.exp(min(t, 20.0))
+        return (t if t > 20.0 else math.log1p(w)), w / (1.0 + w)
+    return f64
 
 
 @overload(silu, inline="always")

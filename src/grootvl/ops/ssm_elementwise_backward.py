@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 from torch import Tensor
 
-from ._vecmath_numba import exp, silu, softplus
+from ._vecmath_numba import exp, silu, softplus_and_sigmoid
 from .ssm_elementwise import (_FASTMATH, _ROWS_PER_CHUNK, _add_combination, _dots,
                               _dt_projection_row, _mean_rstd)
 
@@ -149,8 +149,7 @@ def _discretize_backward_row(gu, gl, lam, x_dbl, weight_t, bias, pre, a, grad_x,
     grad_b = real(0)
     for k in range(pre.shape[0]):
         p = delta_pre[k]
-        delta = softplus(p)
-        sp = one / (one + exp(-p))
+        delta, sp = softplus_and_sigmoid(p)  # sp: softplus' derivative
         guk = gu[k]
         g_lam = gl[k] * lam[k]
         g_delta = guk * b * x[k] + g_lam * a[k]
