@@ -16,9 +16,6 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "grootvl"
 # what each package (or top-level module) of grootvl may import, besides itself
 ALLOWED = {
     "errors": set(),
-    # the OpenMP wait policy: it must run at `import grootvl` before anything loads torch, so it
-    # cannot live in `ops` (whose import loads torch); it imports nothing from grootvl
-    "_threads": set(),
     "files": {"errors"},
     "ops": {"errors"},
     "layers": {"ops", "errors"},

@@ -8,17 +8,12 @@ models), ``grootl`` (tree scanning in Hugging Face Mamba language models); ``dat
 segmentation plug-ins of the engine, and the typed run config); ``cli`` (the ``grootvl`` command).
 """
 
+import importlib
+import importlib.abc
+import importlib.util
 import sys
 
-from . import _threads
-
-_threads.configure()  # first: OpenMP wait policy, before anything loads torch (see _threads)
-
 __version__ = "0.1.0"
-
-import importlib  # noqa: E402  (after the OpenMP setting above)
-import importlib.abc  # noqa: E402
-import importlib.util  # noqa: E402
 
 # ``import grootvl`` stays light: the operators (``import grootvl.ops``) need neither timm nor
 # transformers, and importing timm takes seconds. Yet ``import grootvl`` has always made
