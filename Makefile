@@ -30,7 +30,7 @@ $(NUMBA_STAMP): $(NUMBA_SOURCES)
 	mkdir -p $(@D) && touch $@
 
 test: $(STAMP) $(NUMBA_STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests
 
 demo: $(STAMP) $(NUMBA_STAMP)
 	$(PY) -m grootvl demo --output runs/demo --overwrite
