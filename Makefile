@@ -26,7 +26,7 @@ NUMBA_SOURCES := $(wildcard src/grootvl/ops/*.py src/grootvl/data/*.py)
 NUMBA_STAMP   := src/grootvl/__pycache__/numba-sources.stamp
 
 $(NUMBA_STAMP): $(NUMBA_SOURCES)
-	find src -name '*.nbi' -delete -o -name '*.nbc' -delete
+	find src tests -name '*.nbi' -delete -o -name '*.nbc' -delete
 	mkdir -p $(@D) && touch $@
 
 test: $(STAMP) $(NUMBA_STAMP)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit
 
-from grootvl.ops._vecmath_numba import exp, silu, softplus
+from grootvl.ops._vecmath_numba import exp, silu, softplus, softplus_and_sigmoid
 from grootvl.ops.ssm_elementwise import discretize, ssm_output
 
 
@@ -24,15 +24,23 @@ def _inputs(dtype, shape=(2, 37, 24), rank=3):
 def _apply(values, which, out):
     for i in range(values.shape[0]):
         v = values[i]
-        out[i] = exp(v) if which == 0 else (softplus(v) if which == 1 else silu(v))
+        if which == 0:
+            out[i] = exp(v)
+        elif which == 1:
+            out[i] = softplus(v)
+        elif which == 2:
+            out[i] = silu(v)
+        else:  # the softplus of softplus_and_sigmoid is softplus' own (which 1); its sigmoid:
+            out[i] = softplus_and_sigmoid(v)[1]
 
 
-@pytest.mark.parametrize("which, fn, ulps", [(0, torch.exp, 1.5), (1, F.softplus, 4), (2, F.silu, 4)])
+@pytest.mark.parametrize("which, fn, ulps", [(0, torch.exp, 1.5), (1, F.softplus, 4), (2, F.silu, 4),
+                                             (3, torch.sigmoid, 4)])
 def test_float32_vector_math_is_within_a_few_ulp(which, fn, ulps):
     values = np.concatenate([np.linspace(-87, 88, 200_001), np.random.default_rng(0).normal(0, 5, 100_000),
                              [0.0, 20.0, 20.001, -20.0, 1e-30]]).astype(np.float32)
-    if which == 2:
-        values = values[values > -80]  # silu's tail underflows differently; it is ~0 there
+    if which in (2, 3):
+        values = values[values > -80]  # the tails underflow differently; they are ~0 there
     got = np.empty_like(values)
     _apply(values, which, got)
     exact = fn(torch.from_numpy(values).double())
