@@ -71,7 +71,11 @@ def run_child(policy: str | None, args: argparse.Namespace) -> dict:
         env["OMP_WAIT_POLICY"] = policy
     spec = json.dumps([args.threads, args.steps, args.batch, args.size, args.model])
     out = subprocess.run([sys.executable, "-c", CHILD, spec], env=env, capture_output=True,
-                         text=True, check=True)
+                         text=True)
+    if out.returncode != 0:
+        tail = "\n".join(out.stderr.strip().splitlines()[-5:])
+        sys.exit(f"bench_threads: the measuring process failed (policy {policy or 'default'}):"
+                 f"\n{tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
