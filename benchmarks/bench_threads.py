@@ -1,7 +1,7 @@
 """OpenMP wait policy on CPU: torch's default (idle workers spin a while) against PASSIVE.
 
     python benchmarks/bench_threads.py [--threads 2] [--rounds 3] [--steps 4] [--batch 8]
-                                       [--size 224] [--model grootv_tiny]
+                                       [--size 224] [--model grootv_tiny] [--busy 0]
 
 The policy is read once, when the OpenMP runtime loads, so each measurement is a fresh
 process; processes alternate between the two policies round by round (load from other jobs
@@ -11,6 +11,9 @@ then hits both alike) and the script prints, side by side:
   Python work: the cost of waking a sleeping worker for every parallel region;
 * a training step of ``--model`` (forward, cross-entropy, backward, AdamW; ``--steps`` timed
   steps per process, median).
+
+``--busy N`` keeps N other processes spinning on the CPU meanwhile (a machine whose cores
+are all taken), where the passive policy wins.
 
 grootvl sets no OpenMP variable itself (it used to set PASSIVE when imported before torch);
 this script is how that choice was measured. Linux with GNU OpenMP.
@@ -89,23 +92,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--model", default="grootv_tiny", help="a timm model name")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="other processes kept spinning on the CPU during the measurement")
     args = parser.parse_args()
-    if args.rounds < 1 or args.steps < 0 or args.threads < 1:
-        parser.error("--rounds and --threads must be >= 1 and --steps >= 0")
+    if args.rounds < 1 or args.steps < 0 or args.threads < 1 or args.busy < 0:
+        parser.error("--rounds and --threads must be >= 1, --steps and --busy >= 0")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy)]
     results: dict[str, list[dict]] = {name: [] for name in POLICIES}
-    for r in range(args.rounds):
-        names = list(POLICIES) if r % 2 == 0 else list(reversed(POLICIES))
-        for name in names:
-            results[name].append(run_child(POLICIES[name], args))
-            print(f"  round {r + 1}/{args.rounds} {name:8s} {json.dumps(results[name][-1])}",
-                  file=sys.stderr)
+    try:
+        for r in range(args.rounds):
+            names = list(POLICIES) if r % 2 == 0 else list(reversed(POLICIES))
+            for name in names:
+                results[name].append(run_child(POLICIES[name], args))
+                print(f"  round {r + 1}/{args.rounds} {name:8s} "
+                      f"{json.dumps(results[name][-1])}", file=sys.stderr)
+    finally:
+        for proc in busy:
+            proc.kill()
     rows = [("op", "one parallel operator, back to back", "us"),
             ("op_gap", "one parallel operator after 5 ms of Python", "us")]
     if args.steps:
         rows.append(("step", f"{args.model} training step, batch {args.batch}, {args.size}px",
                      "ms"))
     print(f"{args.threads} threads, {args.rounds} processes per policy (medians over "
-          "processes); ratio PASSIVE / default")
+          f"processes), {args.busy} busy processes besides; ratio PASSIVE / default")
     for key, label, unit in rows:
         med = {name: statistics.median(res[key] for res in results[name]) for name in POLICIES}
         print(f"  {label:52s} default {med['default']:8.1f} {unit}   PASSIVE "
