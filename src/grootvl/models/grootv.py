@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, register_notrace_module, trunc_normal_
+from timm.layers import DropPath, drop_path, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
@@ -119,13 +119,11 @@ class GrootVBlock(nn.Module):
         """x + drop_path(branch)."""
         drop = self.drop_path
         if isinstance(drop, DropPath) and drop.training and drop.drop_prob > 0.0:
-            # timm's DropPath, its random draws and numbers, with the per-sample scale applied
-            # in the sum (one pass and one (B, H, W, C) temporary fewer than scale, then add)
-            # (each in-place result is used: torch.fx drops unused in-place calls as dead code)
-            keep_prob = 1.0 - drop.drop_prob
-            scale = branch.new_empty((branch.shape[0], 1, 1, 1)).bernoulli_(keep_prob)
-            if keep_prob > 0.0 and drop.scale_by_keep:
-                scale = scale.div_(keep_prob)
+            # timm's drop_path draws the per-sample scale (applied to ones: the same random
+            # numbers as DropPath(branch)); it is applied in the sum, one pass and one
+            # (B, H, W, C) temporary fewer than scaling the branch and then adding
+            scale = drop_path(branch.new_ones((branch.shape[0], 1, 1, 1)), drop.drop_prob,
+                              True, drop.scale_by_keep)
             return torch.addcmul(x, branch, scale)
         branch = drop(branch)
         # Without autograd the sum goes into the branch's fresh output (same numbers, one
