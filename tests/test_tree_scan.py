@@ -343,6 +343,35 @@ def test_numba_backward_in_grad_y_memory_gives_the_same_gradients(mode):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_scan_down_recomputes_the_full_scan_from_its_up_pass(impl):
+    """What selective_tree_scan's backward does with the up pass it saved."""
+    from grootvl.ops.tree_scan import _backend
+    tree = grid_mst(2, 5, 6, seed=4)
+    x, decay = inputs(2, 30, 3, low=-1.5)  # any finite decay
+    args = (tree.order, tree.parent, tree.level_offsets)
+    y, up = _backend(impl).scan_forward(x, decay, *args, "full")
+    got = _backend(impl).scan_down(up, decay, *args)
+    exact = impl != "reference"  # the same down pass as the forward's (the oracle: dense S x)
+    torch.testing.assert_close(got, y, rtol=0 if exact else 1e-12, atol=0 if exact else 1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_numba_inplace_forward_can_keep_decay(mode):
+    """keep_decay: the up pass in x's memory, decay untouched, y new (mode 'full')."""
+    from grootvl.ops import scan_numba
+    tree = grid_mst(2, 6, 9, seed=5)
+    x, decay = inputs(2, 54, 5, dtype=torch.float32)
+    args = (tree.order, tree.parent, tree.level_offsets)
+    y, up = scan_numba.scan_forward(x, decay, *args, mode)
+    xw, dw = x.clone(), decay.clone()
+    got = scan_numba.scan_forward_inplace(xw, dw, *args, mode, keep_decay=True)
+    torch.testing.assert_close(dw, decay, rtol=0, atol=0)
+    torch.testing.assert_close(xw, up, rtol=0, atol=0)
+    torch.testing.assert_close(got, y, rtol=0, atol=0)
+    assert (got.data_ptr() == xw.data_ptr()) == (mode == "subtree")
+
+
 def test_inplace_op_registration_passes_opcheck():
     tree = grid_mst(1, 4, 4)
     x, decay = inputs(1, 16, 2)

@@ -86,8 +86,12 @@ def _worker() -> dict:
                                                  **config)
                 gx, gd = scan_triton.scan_backward(g.to(dtype), decay.to(dtype), *args, up, y,
                                                    mode, **config)
+                # the full scan again from its up pass, as selective_tree_scan's backward does
+                y_down = (scan_triton.scan_down(up, decay.to(dtype), *args, **config)
+                          if mode == "full" else y)
                 out[f"{name}/{mode}/{dtype}"] = {
                     "dtype": str(y.dtype), "y": _max_err(y, y_ref), "up": _max_err(up, up_ref),
+                    "y_down": _max_err(y_down, y_ref),
                     "grad_x": _max_err(gx, gx_ref), "grad_decay": _max_err(gd, gd_ref),
                     "scale": max(y_ref.abs().max().item(), gd_ref.abs().max().item())}
 
@@ -155,6 +159,17 @@ def _worker() -> dict:
         y_i, _ = layer(xl.detach())
     out["layer_cross_last"] = {"y": _max_err(y_t, y_r), "grad_x": _max_err(g_t, g_r),
                                "inference": _max_err(y_i, y_r)}
+    # A layer over its minimum spanning tree (scan mode "full"): training's backward
+    # recomputes the scan from its saved up pass with the Triton down pass.
+    layer = TreeSSM(4, scan_impl="triton").double()
+    reference = TreeSSM(4, scan_impl="reference").double()
+    reference.load_state_dict(layer.state_dict())
+    y_t, _ = layer(xl)
+    grads_t = torch.autograd.grad(y_t.sum(), [xl, *layer.parameters()])
+    y_r, _ = reference(xl)
+    grads_r = torch.autograd.grad(y_r.sum(), [xl, *reference.parameters()])
+    out["layer_tree_full"] = {"y": _max_err(y_t, y_r),
+                              "grads": max(_max_err(a, b) for a, b in zip(grads_t, grads_r))}
 
     # Without the interpreter, CPU tensors must be refused with a message naming the fix.
     os.environ["TRITON_INTERPRET"] = "0"
@@ -190,6 +205,8 @@ def _compile_all() -> dict:
         "forward_subtree_fp32": (st._scan_forward_kernel, {
             "x_ptr": "*fp32", "lam_ptr": "*fp32", "up_ptr": "*fp32", "y_ptr": "*fp32", **index},
             {"FULL": False, **blocks}),
+        "down_fp32": (st._scan_down_kernel, {
+            "up_ptr": "*fp32", "lam_ptr": "*bf16", "y_ptr": "*fp32", **index}, blocks),
         "backward_full_fp32": (st._scan_backward_full_kernel, {
             "g_ptr": "*fp32", "lam_ptr": "*fp32", "up_ptr": "*fp32", "y_ptr": "*fp32",
             "upg_ptr": "*fp32", "z_ptr": "*fp32", **index}, blocks),
@@ -236,6 +253,7 @@ def test_kernels_compile_for_sm90_with_barriers():
         assert counts["barriers"] >= 2, (name, counts)
     assert compiled["forward_full_bf16"]["atomics"] > 0  # the up pass adds into parents
     assert compiled["backward_subtree_fp16"]["atomics"] == 0  # a single down pass
+    assert compiled["down_fp32"]["atomics"] == 0
 
 
 @pytest.mark.parametrize("case, dtype", [("grid", "torch.float64"), ("grid", "torch.float32"),
@@ -247,7 +265,7 @@ def test_forward_and_gradients_match_dense_oracle(results, case, mode, dtype):
     r = results[f"{case}/{mode}/{dtype}"]
     tol = 1e-10 if dtype == "torch.float64" else 1e-5 * max(1.0, r["scale"])
     assert r["dtype"] == dtype
-    for key in ("y", "up", "grad_x", "grad_decay"):
+    for key in ("y", "up", "y_down", "grad_x", "grad_decay"):
         assert r[key] < tol, (key, r)
 
 
@@ -274,6 +292,12 @@ def test_public_op_bf16_in_bf16_out_with_gradients(results):
 def test_layer_with_two_causal_chains(results):
     r = results["layer_cross_last"]
     for key in ("y", "grad_x", "inference"):
+        assert r[key] < 1e-10, (key, r)
+
+
+def test_layer_training_over_a_spanning_tree(results):
+    r = results["layer_tree_full"]
+    for key in ("y", "grads"):
         assert r[key] < 1e-10, (key, r)
 
 

@@ -17,7 +17,8 @@ that need no particular order are computed in vertex order.
 
 Memory: forward allocates y and up only (subtree: up only, returned as y);
 scan_forward_inplace (inference, tree_scan(overwrite_inputs=True)) uses x as up and decay
-as y and allocates nothing. Backward allocates grad_x and grad_decay only (grad_decay only
+as y and allocates nothing (with keep_decay, used by selective_tree_scan's training forward,
+y only); scan_down recomputes y from a saved up pass into a new tensor. Backward allocates grad_x and grad_decay only (grad_decay only
 with scan_backward_inplace, which writes grad_x into grad_y's memory); grad_decay first
 holds the up pass of grad_y (up_g), and each vertex's decay gradient overwrites its own up_g
 entry once z = grad_x is complete. No scratch buffers.
@@ -36,8 +37,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from torch import Tensor
 
-__all__ = ["scan_forward", "scan_forward_inplace", "scan_backward", "scan_backward_inplace",
-           "channel_block"]
+__all__ = ["scan_forward", "scan_forward_inplace", "scan_down", "scan_backward",
+           "scan_backward_inplace", "channel_block"]
 
 PREFETCH_DISTANCE = 16  # vertices; about the number of row misses the core can keep in flight
 _MIN_BLOCK = 16  # channels; narrower blocks waste most of each cache line they touch
@@ -152,24 +153,38 @@ def _job(job, nblk, block, C):
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward(x, lam, order, parent, up, y, block, full, one, copy_inputs):
+def _forward(x, lam, order, parent, up, y, block, full, one, copy_x, copy_lam):
     # The passes visit rows in tree order; a first sequential pass copies x into up and lam
     # into y, so the later random-order passes find their rows in cache (and y already
-    # allocated there) instead of waiting on memory row by row. Without copy_inputs, up is x
-    # and y is lam (full mode; the scan works in its inputs' memory).
+    # allocated there) instead of waiting on memory row by row. Without copy_x, up is x;
+    # without copy_lam (full mode), y is lam: the scan works in its inputs' memory.
     B, L, C = x.shape
     nblk = (C + block - 1) // block
     for job in prange(B * nblk):
         b, c0, c1 = _job(job, nblk, block, C)
         if full:
-            if copy_inputs:
+            if copy_x and copy_lam:
                 _copy_rows2(x[b], up[b], lam[b], y[b], c0, c1)
+            elif copy_x:
+                _copy_rows(x[b], up[b], c0, c1)
+            elif copy_lam:
+                _copy_rows(lam[b], y[b], c0, c1)
             _up_pass(up[b], y[b], order[b], parent[b], c0, c1)
             _down_pass(up[b], y[b], order[b], parent[b], c0, c1, one)
         else:
-            if copy_inputs:
+            if copy_x:
                 _copy_rows(x[b], up[b], c0, c1)
             _up_pass(up[b], lam[b], order[b], parent[b], c0, c1)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _down(up, lam, order, parent, y, block, one):
+    B, L, C = up.shape
+    nblk = (C + block - 1) // block
+    for job in prange(B * nblk):
+        b, c0, c1 = _job(job, nblk, block, C)
+        _copy_rows(lam[b], y[b], c0, c1)
+        _down_pass(up[b], y[b], order[b], parent[b], c0, c1, one)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
@@ -277,19 +292,34 @@ def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_
     up = torch.empty_like(x)
     y = torch.empty_like(x) if full else up
     _forward(_np(x), _np(decay), _np(order), _np(parent), up.numpy(), y.numpy(),
-             channel_block(B, C), full, one, True)
+             channel_block(B, C), full, one, True, True)
     return y, up
 
 
 def scan_forward_inplace(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
-                         level_offsets: Tensor, mode: str) -> Tensor:
-    """The forward scan using x and decay as its buffers: y is returned in decay's memory
-    (mode 'full') or x's (mode 'subtree'). Both must be contiguous and of the same dtype."""
+                         level_offsets: Tensor, mode: str, keep_decay: bool = False) -> Tensor:
+    """The forward scan using x and decay as its buffers: the up pass is left in x's memory,
+    y is returned in decay's memory (mode 'full') or x's (mode 'subtree', where y is the up
+    pass). keep_decay: decay is left as it was and y (mode 'full') is a new tensor. x and
+    decay must be contiguous and of the same dtype."""
     B, L, C = x.shape
     full = mode == "full"
     xa, lam = x.numpy(), decay.numpy()
-    _forward(xa, lam, _np(order), _np(parent), xa, lam, channel_block(B, C), full, _one(x), False)
-    return decay if full else x
+    y = torch.empty_like(decay) if full and keep_decay else decay
+    _forward(xa, lam, _np(order), _np(parent), xa, y.numpy(), channel_block(B, C), full,
+             _one(x), False, y is not decay)
+    return y if full else x
+
+
+def scan_down(up: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+              level_offsets: Tensor) -> Tensor:
+    """y of mode 'full' from its up pass (the forward's second half): y[root] = up[root],
+    y[v] = up[v] (1 - decay[v]^2) + decay[v] y[parent], parents first."""
+    B, L, C = up.shape
+    y = torch.empty_like(up)
+    _down(_np(up), _np(decay), _np(order), _np(parent), y.numpy(), channel_block(B, C),
+          _one(up))
+    return y
 
 
 def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["scan_forward", "scan_backward", "dense_path_weights"]
+__all__ = ["scan_forward", "scan_down", "scan_backward", "dense_path_weights"]
 
 
 def _levels(order: Tensor, level_offsets: Tensor) -> list[Tensor]:
@@ -141,6 +141,13 @@ def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_
     """(y, up) by dense matrix products; up is the subtree scan (== y for mode 'subtree')."""
     y, up = _dense_forward(x, decay, order, parent, level_offsets, mode)
     return (up, up) if mode == "subtree" else (y, up)
+
+
+def scan_down(up: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+              level_offsets: Tensor) -> Tensor:
+    """y of mode 'full' from the up pass: S x, with x recovered exactly from up."""
+    x = _recover_x(up, decay, order, parent)
+    return _dense_forward(x, decay, order, parent, level_offsets, "full")[0]
 
 
 def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["scan_forward", "scan_backward"]
+__all__ = ["scan_forward", "scan_down", "scan_backward"]
 
 
 class _Levels:
@@ -94,6 +94,13 @@ def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_
     if mode == "subtree":
         return up_out, up_out
     return levels.permute_out(_down_pass(levels, up, lam)), up_out
+
+
+def scan_down(up: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
+              level_offsets: Tensor) -> Tensor:
+    """y of mode 'full' from its up pass (the second half of ``scan_forward``)."""
+    levels = _Levels(order, parent, level_offsets)
+    return levels.permute_out(_down_pass(levels, levels.permute_in(up), levels.permute_in(decay)))
 
 
 def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,

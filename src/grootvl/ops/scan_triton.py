@@ -34,7 +34,7 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-__all__ = ["scan_forward", "scan_backward"]
+__all__ = ["scan_forward", "scan_down", "scan_backward"]
 
 HALF_INPUTS = True  # tells the dispatcher to pass fp16/bf16 x and decay through unconverted
 _MODES = ("full", "subtree")
@@ -223,6 +223,22 @@ def _scan_forward_kernel(x_ptr, lam_ptr, up_ptr, y_ptr, order_ptr, parent_ptr, o
 
 
 @triton.jit
+def _scan_down_kernel(up_ptr, lam_ptr, y_ptr, order_ptr, parent_ptr, off_ptr, L, C, num_levels,
+                      BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y = full scan from a saved up pass: the second half of ``_scan_forward_kernel``."""
+    b = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    root = _root_offsets(order_ptr, b, L, C, cols)
+    up_root = tl.load(up_ptr + root, mask=cmask, other=0.0).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + root, up_root, mask=cmask)  # y[root] = up[root]
+    # Barrier: level 1 reads y[root], written above by other threads.
+    tl.debug_barrier()
+    _walk_levels(_down_step, (up_ptr, y_ptr, lam_ptr), order_ptr, parent_ptr, off_ptr,
+                 b, L, C, num_levels, cols, cmask, REVERSE=False, BLOCK_V=BLOCK_V)
+
+
+@triton.jit
 def _scan_backward_full_kernel(g_ptr, lam_ptr, up_ptr, y_ptr, upg_ptr, z_ptr,
                                order_ptr, parent_ptr, off_ptr, L, C, num_levels,
                                BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -333,6 +349,24 @@ def scan_forward(x: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_
         x, decay, up, y, order, parent, level_offsets, L, C, level_offsets.shape[1] - 1,
         FULL=full, BLOCK_V=bv, BLOCK_C=bc, num_warps=nw)
     return y, up
+
+
+def scan_down(up: Tensor, decay: Tensor, order: Tensor, parent: Tensor, level_offsets: Tensor,
+              *, block_v: int | None = None, block_c: int | None = None,
+              num_warps: int | None = None) -> Tensor:
+    """y of mode 'full' from its up pass ``up`` (the second half of ``scan_forward``), in the
+    accumulation dtype."""
+    up, decay, (order, parent, level_offsets), acc = _prepare(up, decay, order, parent,
+                                                              level_offsets, "full")
+    B, L, C = up.shape
+    y = torch.empty(B, L, C, dtype=acc, device=up.device)
+    if y.numel() == 0:
+        return y
+    bv, bc, nw = _launch_config(C, block_v, block_c, num_warps)
+    _scan_down_kernel[(B, triton.cdiv(C, bc))](
+        up, decay, y, order, parent, level_offsets, L, C, level_offsets.shape[1] - 1,
+        BLOCK_V=bv, BLOCK_C=bc, num_warps=nw)
+    return y
 
 
 def scan_backward(grad_y: Tensor, decay: Tensor, order: Tensor, parent: Tensor,
