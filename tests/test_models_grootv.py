@@ -294,8 +294,9 @@ def test_lean_training_gives_the_gradients_of_the_plain_autograd_path(tree_shari
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
-def test_lean_training_keeps_less_than_half_the_activations_for_backward():
-    """Bytes autograd saves (unique storages, parameters excluded), lean vs plain."""
+def test_lean_training_keeps_little_more_than_half_the_activations_for_backward():
+    """Bytes autograd saves (unique storages, parameters excluded), lean vs plain. (0.50 at
+    this size; keeping the decays and the up pass instead of the scan output added 0.04.)"""
     torch.manual_seed(8)
     model = GrootV(**TINY).train()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -318,7 +319,7 @@ def test_lean_training_keeps_less_than_half_the_activations_for_backward():
     for m in model.modules():
         if hasattr(m, "lean_backward"):
             m.lean_backward = False
-    assert lean < 0.5 * saved_bytes()
+    assert lean < 0.55 * saved_bytes()
 
 
 def test_stage_tree_sharing_reuses_the_first_block_tree(monkeypatch):

@@ -18,8 +18,9 @@ costs in the original's reduction order.
 Execution paths, same numbers:
 * with autograd (training, eager or compiled), everything after the depthwise convolution is one
   ``grootvl.ops.selective_tree_scan`` op, on any device: it keeps only its inputs, x_proj's
-  small output and the scan output for backward and recomputes the rest there (fused numba
-  passes on CPU, torch compositions elsewhere), about a quarter of what autograd would keep;
+  small output, the decays and the scan's up pass for backward and recomputes the rest there
+  (fused numba passes on CPU, torch compositions elsewhere), about a quarter of what autograd
+  would keep;
 * without autograd on CPU, the element-wise stages are fused numba kernels, Δ is never
   materialised and the tree scan works in the memory of its inputs;
 * otherwise (GPU or compiled inference, tracing, ``lean_backward = False``) the
@@ -246,7 +247,7 @@ class TreeSSM(nn.Module):
         # it after the scan instead, into the memory of a scan temporary that is dead by then
         z = None if self._late_gate(x) else F.linear(x, weight_z)
         # (also under torch.compile: the op is one opaque node there, and compiled training
-        # keeps its four tensors per layer instead of what Inductor would save)
+        # keeps its four (B, L, D) tensors per layer instead of what Inductor would save)
         if torch.is_grad_enabled() and self.lean_backward:
             return self._lean_forward(x_in, z, tree)
         # conv kept channels-last; x_in is dead now and may hold u

@@ -10,22 +10,30 @@ TreeSSM layer"):
 
 Composed from autograd-tracked torch ops, this keeps about fifteen (B, L, D) tensors per
 layer for backward (xs, Δ before and after softplus, Δ·b, decay, the scan's up pass and
-output, both LayerNorm outputs, the gate and its input, ...). This op keeps four: its
-inputs ``conv_out`` and ``z``, x_proj's output ``x_dbl`` (R + 2 numbers per position) and
-the scan output of each tree. Backward recomputes the rest: Δ, u, decay (one fused
-pass), the scan's up pass (mode "full" only: one tree pass), both LayerNorms and the gate
-(one fused pass), then runs the closed-form scan backward and one fused pass per stage
-(``ssm_elementwise_backward``). With ``impl="numba"`` (CPU) each stage is one pass over
-memory in both directions, xs = silu(conv_out) is never stored (each pass recomputes it
-from conv_out), and results go into dead temporaries where one exists (the forward output
-into u's or decay's memory, grad_u into grad_h's, grad_conv into grad_xs'): on the CPU a
-fresh (B, L, D) buffer costs a page fault per 4 KiB, about as much as a pass over it.
-``impl="torch"`` composes the same plan from ATen ops (any device; CUDA uses it with the
-Triton scan).
+output, both LayerNorm outputs, the gate and its input, ...). This op keeps five: its
+inputs ``conv_out`` and ``z``, x_proj's output ``x_dbl`` (R + 2 numbers per position),
+decay and the up pass of each tree's scan (for mode "subtree" the scan itself). Backward
+recomputes the rest: the scan output from the up pass (mode "full": the down pass alone,
+one tree pass), both LayerNorms and the gate (one fused pass), then runs the closed-form
+scan backward and one fused pass per stage (``ssm_elementwise_backward``). Keeping decay
+and the up pass instead of the scan output costs one (B, L, D) tensor per layer and spares
+backward the recompute of u and decay (softplus and two exponentials per element) and the
+up pass: about 2 % of a GrootV-T training step on the CPU. With ``impl="numba"`` (CPU) each
+stage is one pass over memory in both directions, xs = silu(conv_out) is never stored (each
+pass recomputes it from conv_out), and results go into dead temporaries where one exists
+(the up pass into u's memory, the forward output into the scan output's, grad_u into
+grad_h's, grad_conv into grad_xs'): on the CPU a fresh (B, L, D) buffer costs a page fault
+per 4 KiB, about as much as a pass over it. ``impl="torch"`` composes the same plan from
+ATen ops (any device; CUDA uses it with the Triton scan).
 
 Two ``torch.library`` custom ops carry the work, opaque to ``torch.compile``:
-``grootvl::selective_tree_scan`` -> (out, x_dbl, ys) and
-``grootvl::selective_tree_scan_backward`` -> the gradients of every tensor input.
+``grootvl::selective_tree_scan_v2`` -> (out, x_dbl, ups, decay) and
+``grootvl::selective_tree_scan_backward_v2`` -> the gradients of every tensor input.
+The names carry the version of the saved-tensor plan. torch.compile's on-disk caches
+(AOTAutograd, Inductor's FX graphs) key a compiled graph on the names of the ops it calls,
+not on their Python code: after a change in what forward returns or backward takes, a cache
+written by an older grootvl would replay the old backward (seen when v1, which kept the scan
+output, became v2). So such a change must also change the names.
 """
 from __future__ import annotations
 
@@ -47,52 +55,54 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def _scans(u: Tensor, decay: Tensor, trees: list[tuple[Tensor, Tensor, Tensor]], mode: str,
-           scan_impl: str) -> Tensor:
-    """(T, B, L, D) scan outputs, one per tree. With one tree and a backend that can work in
-    its inputs' memory, u and decay are consumed (no allocation)."""
+           scan_impl: str) -> tuple[Tensor, Tensor]:
+    """(h, ups): h the sum of the scans over the trees, ups (T, B, L, D) the up pass of each,
+    kept for backward with decay, which is left intact. With one tree and a backend that can
+    work in its inputs' memory, the up pass is computed in u's memory (no allocation)."""
     backend = _backend(scan_impl)
+    if len(trees) == 1 and hasattr(backend, "scan_forward_inplace"):
+        h = backend.scan_forward_inplace(u, decay, *trees[0], mode, keep_decay=True)
+        return h, u.unsqueeze(0)
+    scans = [backend.scan_forward(u, decay, *tree, mode) for tree in trees]
     if len(trees) == 1:
-        if hasattr(backend, "scan_forward_inplace"):
-            return backend.scan_forward_inplace(u, decay, *trees[0], mode).unsqueeze(0)
-        return backend.scan_forward(u, decay, *trees[0], mode)[0].unsqueeze(0)
-    ys = u.new_empty((len(trees), *u.shape))
-    for t, tree in enumerate(trees):
-        ys[t] = backend.scan_forward(u, decay, *tree, mode)[0]
-    return ys
+        return scans[0][0], scans[0][1].unsqueeze(0)  # for mode 'subtree', h is the up pass
+    return sum(y for y, _ in scans[1:]) + scans[0][0], torch.stack([up for _, up in scans])
 
 
-def _scan_grads(grad_h: Tensor, u: Tensor, decay: Tensor, ys: Tensor,
+def _full_scans(ups: Tensor, decay: Tensor, trees: list[tuple[Tensor, Tensor, Tensor]],
+                mode: str, scan_impl: str) -> list[Tensor]:
+    """The scan of each tree from its saved up pass (mode 'subtree': the up pass itself)."""
+    if mode == "subtree":
+        return list(ups)
+    return [_backend(scan_impl).scan_down(up, decay, *tree) for up, tree in zip(ups, trees)]
+
+
+def _scan_grads(grad_h: Tensor, decay: Tensor, ups: Tensor, ys: list[Tensor],
                 trees: list[tuple[Tensor, Tensor, Tensor]], mode: str, scan_impl: str
                 ) -> tuple[Tensor, Tensor]:
-    """(grad_u, grad_decay) summed over the trees; the up pass of each full scan is
-    recomputed (with one tree in u's memory, and grad_u in grad_h's: both are consumed)."""
+    """(grad_u, grad_decay) summed over the trees (with one tree, grad_u in grad_h's memory
+    where the backend can: grad_h is consumed)."""
     backend = _backend(scan_impl)
     grad_u = grad_decay = None
-    for t, tree in enumerate(trees):
-        if mode == "subtree":
-            up = ys[t]  # the subtree scan is its own up pass
-        elif len(trees) == 1 and hasattr(backend, "scan_forward_inplace"):
-            up = backend.scan_forward_inplace(u, decay, *tree, "subtree")
-        else:
-            up = backend.scan_forward(u, decay, *tree, "subtree")[1]
+    for up, y, tree in zip(ups, ys, trees):
         if len(trees) == 1 and hasattr(backend, "scan_backward_inplace"):
-            gu, gd = backend.scan_backward_inplace(grad_h, decay, *tree, up, ys[t], mode)
+            gu, gd = backend.scan_backward_inplace(grad_h, decay, *tree, up, y, mode)
         else:
-            gu, gd = backend.scan_backward(grad_h, decay, *tree, up, ys[t], mode)
+            gu, gd = backend.scan_backward(grad_h, decay, *tree, up, y, mode)
         grad_u, grad_decay = (gu, gd) if grad_u is None else (grad_u + gu, grad_decay + gd)
     return grad_u, grad_decay
 
 
 # --------------------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("grootvl::selective_tree_scan", mutates_args=())
+@torch.library.custom_op("grootvl::selective_tree_scan_v2", mutates_args=())
 def _forward_op(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor, dt_weight: Tensor,
                 dt_bias: Tensor, a_log: Tensor, skip: Tensor, h_norm_weight: Tensor,
                 h_norm_bias: Tensor, out_norm_weight: Tensor, out_norm_bias: Tensor,
                 out_proj_weight: Tensor, orders: list[Tensor], parents: list[Tensor],
                 level_offsets: list[Tensor], h_eps: float, out_eps: float, mode: str,
                 scan_impl: str, impl: str, proj_dtype: torch.dtype
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     compute = _compute_dtype(conv_out)
     wx, wdt, bdt, a_log, skip, hw, hb, ow, ob = (t.to(compute) for t in (
         x_proj_weight, dt_weight, dt_bias, a_log, skip, h_norm_weight, h_norm_bias,
@@ -104,15 +114,14 @@ def _forward_op(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor, dt_weight: T
         xs, x_dbl, u, decay = silu_project_discretize(pre, wx, wdt, bdt, -torch.exp(a_log),
                                                       impl=impl, keep_x=impl == "torch")
         trees = list(zip(orders, parents, level_offsets))
-        ys = _scans(u, decay, trees, mode, scan_impl)
-        h = ys[0] if len(trees) == 1 else ys.sum(0)
-        # the result goes into whichever of u and decay the scan output does not occupy
-        free = decay if ys.data_ptr() == u.data_ptr() else u
+        h, ups = _scans(u, decay, trees, mode, scan_impl)
+        # numba writes the result over h unless h is a saved up pass (one subtree scan)
+        into_h = impl == "numba" and h.data_ptr() != ups.data_ptr()
         gated = ssm_output(h, x_dbl[..., R + 1:], pre if xs is None else xs, z.to(compute),
                            skip, (hw, hb, h_eps), (ow, ob, out_eps), impl=impl,
-                           out=free if impl == "numba" else None, silu_x=xs is None)
+                           out=h if into_h else None, silu_x=xs is None)
         out = F.linear(gated.to(proj_dtype), out_proj_weight.to(proj_dtype))
-    return out, x_dbl, ys
+    return out, x_dbl, ups, decay
 
 
 @_forward_op.register_fake
@@ -123,12 +132,13 @@ def _(conv_out, z, x_proj_weight, dt_weight, dt_bias, a_log, skip, h_norm_weight
     *lead, D = conv_out.shape
     out = conv_out.new_empty((*lead, out_proj_weight.shape[0]), dtype=proj_dtype)
     x_dbl = conv_out.new_empty((*lead, x_proj_weight.shape[0]), dtype=compute)
-    return out, x_dbl, conv_out.new_empty((len(orders), *lead, D), dtype=compute)
+    return (out, x_dbl, conv_out.new_empty((len(orders), *lead, D), dtype=compute),
+            conv_out.new_empty((*lead, D), dtype=compute))
 
 
-@torch.library.custom_op("grootvl::selective_tree_scan_backward", mutates_args=())
-def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, ys: Tensor,
-                 x_proj_weight: Tensor, dt_weight: Tensor, dt_bias: Tensor, a_log: Tensor,
+@torch.library.custom_op("grootvl::selective_tree_scan_backward_v2", mutates_args=())
+def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, ups: Tensor,
+                 decay: Tensor, x_proj_weight: Tensor, dt_weight: Tensor, dt_bias: Tensor, a_log: Tensor,
                  skip: Tensor, h_norm_weight: Tensor, h_norm_bias: Tensor,
                  out_norm_weight: Tensor, out_norm_bias: Tensor, out_proj_weight: Tensor,
                  orders: list[Tensor], parents: list[Tensor], level_offsets: list[Tensor],
@@ -146,22 +156,21 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, y
         grad_gated = (grad_out.to(proj_dtype) @ out_proj_weight.to(proj_dtype)).to(compute)
         pre = conv_out.to(compute)
         a = -torch.exp(a_log_c)
-        h = ys[0] if len(trees) == 1 else ys.sum(0)
-        _, _, u, decay = silu_project_discretize(pre, wx, wdt, bdt, a, x_dbl=x_dbl, impl=impl,
-                                                 keep_x=False)
+        ys = _full_scans(ups, decay, trees, mode, scan_impl)
+        h = ys[0] if len(trees) == 1 else sum(ys[1:], ys[0])
         grad_x_dbl = torch.empty_like(x_dbl)
         # numba: the recomputed gated output is written into grad_gated's memory
         gated, grad_h, grad_xs, grad_z, *norm_grads = output_backward(
             grad_gated, h, x_dbl, pre, z.to(compute), skip_c, (hw, hb, h_eps),
             (ow, ob, out_eps), grad_x_dbl, impl=impl)
         del grad_gated, h
-        grad_u, grad_decay = _scan_grads(grad_h, u, decay, ys, trees, mode, scan_impl)
-        del u, grad_h
+        grad_u, grad_decay = _scan_grads(grad_h, decay, ups, ys, trees, mode, scan_impl)
+        del grad_h, ys
         # numba: grad_conv is written into grad_xs's memory
         grad_conv, grad_wx, grad_wdt, grad_bdt, grad_a = silu_project_discretize_backward(
             grad_u, grad_decay, grad_xs, grad_x_dbl, decay, x_dbl, pre, wx, wdt, bdt, a,
             impl=impl)
-        del grad_u, grad_decay, decay
+        del grad_u, grad_decay
         rows = grad_out.reshape(-1, grad_out.shape[-1]).to(proj_dtype)
         grad_out_proj = rows.T @ gated.to(proj_dtype).reshape(-1, D)
     grads = (grad_conv, grad_z, grad_wx, grad_wdt, grad_bdt, grad_a * a, *norm_grads,
@@ -173,7 +182,7 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, y
 
 
 @_backward_op.register_fake
-def _(grad_out, conv_out, z, x_dbl, ys, x_proj_weight, dt_weight, dt_bias, a_log, skip,
+def _(grad_out, conv_out, z, x_dbl, ups, decay, x_proj_weight, dt_weight, dt_bias, a_log, skip,
       h_norm_weight, h_norm_bias, out_norm_weight, out_norm_bias, out_proj_weight, orders,
       parents, level_offsets, h_eps, out_eps, mode, scan_impl, impl, proj_dtype):
     return [torch.empty_like(t) for t in (conv_out, z, x_proj_weight, dt_weight, dt_bias,
@@ -186,19 +195,20 @@ def _setup_context(ctx, inputs, output):
     params, (orders, parents, level_offsets) = rest[:10], rest[10:13]
     ctx.settings = rest[13:]  # h_eps, out_eps, mode, scan_impl, impl, proj_dtype
     ctx.num_trees = len(orders)
-    _, x_dbl, ys = output
-    ctx.save_for_backward(conv_out, z, x_dbl, ys, *params, *orders, *parents, *level_offsets)
-    ctx.mark_non_differentiable(x_dbl, ys)
+    _, x_dbl, ups, decay = output
+    ctx.save_for_backward(conv_out, z, x_dbl, ups, decay, *params, *orders, *parents,
+                          *level_offsets)
+    ctx.mark_non_differentiable(x_dbl, ups, decay)
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, grad_out, grad_x_dbl, grad_ys):
+def _backward(ctx, grad_out, grad_x_dbl, grad_ups, grad_decay):
     T = ctx.num_trees
     no_trees = ([None] * T,) * 3  # the index tensors get no gradient
     if grad_out is None:
         return (None,) * 12 + no_trees + (None,) * 6
     saved = ctx.saved_tensors
-    tensors, trees = saved[:14], saved[14:]
+    tensors, trees = saved[:15], saved[15:]
     grads = _backward_op(grad_out.contiguous(), *tensors, list(trees[:T]),
                          list(trees[T:2 * T]), list(trees[2 * T:]), *ctx.settings)
     return (*grads, *no_trees) + (None,) * 6
@@ -216,7 +226,7 @@ def selective_tree_scan(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor,
                         trees: Tree | Sequence[Tree], mode: str = "full",
                         scan_impl: str | None = None, impl: str | None = None) -> Tensor:
     """The Tree SSM core, from the depthwise convolution's output to the output projection,
-    keeping only conv_out, z, x_proj's output and the scan output(s) for backward.
+    keeping only conv_out, z, x_proj's output, decay and the scans' up passes for backward.
 
     Args:
         conv_out: (B, L, D) depthwise convolution output, before its silu.
@@ -272,7 +282,7 @@ def selective_tree_scan(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor,
         raise ValueError(f"selective_tree_scan: impl must be 'torch', or 'numba' for CPU "
                          f"tensors; got {impl!r} with tensors on {device}")
     proj_dtype = autocast_dtype(device) or z.dtype
-    out, _, _ = _forward_op(
+    out, *_ = _forward_op(
         conv_out, z, x_proj_weight, dt_weight, dt_bias, a_log, skip, h_norm[0], h_norm[1],
         out_norm[0], out_norm[1], out_proj_weight,
         [t.order.contiguous() for t in trees], [t.parent.contiguous() for t in trees],
