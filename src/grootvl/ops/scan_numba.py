@@ -17,11 +17,12 @@ that need no particular order are computed in vertex order.
 
 Memory: forward allocates y and up only (subtree: up only, returned as y);
 scan_forward_inplace (inference, tree_scan(overwrite_inputs=True)) uses x as up and decay
-as y and allocates nothing (with keep_decay, used by selective_tree_scan's training forward,
-y only); scan_down recomputes y from a saved up pass into a new tensor. Backward allocates grad_x and grad_decay only (grad_decay only
-with scan_backward_inplace, which writes grad_x into grad_y's memory); grad_decay first
-holds the up pass of grad_y (up_g), and each vertex's decay gradient overwrites its own up_g
-entry once z = grad_x is complete. No scratch buffers.
+as y and allocates nothing (with keep_decay, as selective_tree_scan's training forward
+calls it, y only); scan_down recomputes y from a saved up pass into a new tensor. Backward
+allocates grad_x and grad_decay only (grad_decay only with scan_backward_inplace, which
+writes grad_x into grad_y's memory); grad_decay first holds the up pass of grad_y (up_g),
+and each vertex's decay gradient overwrites its own up_g entry once z = grad_x is complete.
+No scratch buffers.
 
 The body of each prange job is a call to plain @njit helpers: loops written directly in a
 prange body next to inlined helpers miscompiled (numba 0.68 gave wrong results).

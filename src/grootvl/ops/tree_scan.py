@@ -12,8 +12,10 @@ and differentiable through a closed-form backward rather than autograd through a
 * ``grootvl::tree_scan_backward`` (grad_y, decay, order, parent, level_offsets, up, y, mode,
   impl) -> (grad_x, grad_decay).
 
-Each implementation is a backend module in this package exposing ``scan_forward`` and
-``scan_backward`` (see the module docstrings); they are imported lazily on first use.
+Each implementation is a backend module in this package exposing ``scan_forward``,
+``scan_backward`` and ``scan_down`` (the full scan from a saved up pass, which
+``selective_tree_scan``'s backward uses; see the module docstrings); they are imported
+lazily on first use.
 """
 from __future__ import annotations
 
