@@ -2,7 +2,7 @@
 
     python benchmarks/bench_models.py [--batch 8] [--size 224] [--threads 2] [--rounds 7]
                                       [--sections inference,train,saved,peak,grootl,breakdown]
-                                      [--keep-freed-memory]
+                                      [--keep-freed-memory] [--compile]
 
 Everything is measured in one run, the way a user would: ``import torch`` comes first, random
 weights (nothing is downloaded), float32.
@@ -18,7 +18,9 @@ weights (nothing is downloaded), float32.
 * peak: the peak resident memory of a training step above the memory the process held
   before it (the second step, in a fresh subprocess per model; glibc told to return large
   freed blocks to the OS at once, so that resident memory follows the memory in use), read
-  from /proc (Linux only);
+  from /proc (Linux only); with ``--compile`` the models are compiled first
+  (``grootvl.models.compile.compile_model``, a minute or two per model), and the peak is
+  that of a compiled step;
 * grootl: a GrootL forward (chain + tree scan, context 256) against the stock transformers
   Mamba forward it modifies (batch 4, sequence 512, hidden 256);
 * breakdown: where GrootV-T's inference time goes (tree construction, tree scans, the rest).
@@ -209,8 +211,9 @@ def _memory_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_child(label: str, batch: int, size: int) -> None:
-    """In a fresh process: peak RSS of a training step above the RSS before it."""
+def peak_child(label: str, batch: int, size: int, compile: bool = False) -> None:
+    """In a fresh process: peak RSS of a training step above the RSS before it (of a
+    ``compile_model`` model with ``compile``)."""
     import ctypes
 
     # Blocks of 64 KiB and more get their own mappings, returned to the OS when freed (glibc
@@ -219,10 +222,13 @@ def peak_child(label: str, batch: int, size: int) -> None:
     ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
     torch.manual_seed(0)
     model = create(label, size)
+    if compile:
+        from grootvl.models.compile import compile_model
+        model = compile_model(model)
     x = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, 1000, (batch,))
     step = training_step(model, x, labels)
-    step()  # AdamW state now exists; kernels are compiled or loaded
+    step()  # AdamW state now exists; kernels (and with compile, the graphs) are compiled
     gc.collect()
     before = _memory_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -232,7 +238,8 @@ def peak_child(label: str, batch: int, size: int) -> None:
 
 
 def peak_section(args, labels: list[str]) -> None:
-    print("\nPeak resident memory of a training step above the process's memory before it "
+    print("\nPeak resident memory of a " + ("compiled " if args.compile else "")
+          + "training step above the process's memory before it "
           "(second step in a fresh process per model, large blocks returned to the OS when "
           "freed; gradients, released by zero_grad, are recreated within the step):")
     if not os.path.exists("/proc/self/clear_refs"):
@@ -242,7 +249,8 @@ def peak_section(args, labels: list[str]) -> None:
     for label in labels:
         cmd = [sys.executable, __file__, "--peak-child", label, "--batch", str(args.batch),
                "--size", str(args.size), "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd + (["--compile"] if args.compile else []), capture_output=True,
+                             text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK ")]
         if out.returncode or not lines:
             print(f"  {label:18s} failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -362,6 +370,10 @@ def main() -> None:
                         help="tell glibc never to return freed memory to the OS (Linux): no "
                         "page faults after the first steps, so the time ratios show arithmetic "
                         "alone instead of also how often each model's allocations fault")
+    parser.add_argument("--compile", action="store_true",
+                        help="peak section only: compile each model with grootvl's "
+                        "compile_model first and measure a compiled step (a minute or two "
+                        "of compiling per model)")
     parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.keep_freed_memory:
@@ -376,9 +388,11 @@ def main() -> None:
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     if args.peak_child:
-        peak_child(args.peak_child, args.batch, args.size)
+        peak_child(args.peak_child, args.batch, args.size, args.compile)
         return
     sections = args.sections.split(",")
+    if args.compile and sections != ["peak"]:
+        parser.error("--compile applies to the peak section: pass --sections peak")
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
