@@ -138,8 +138,8 @@ def test_regional_compilation_trains_blocks_of_every_size():
 @pytest.mark.parametrize("lean", [True, False])
 def test_compiled_training_keeps_the_memory_lean_op(lean):
     """With autograd, a compiled Tree SSM layer calls selective_tree_scan as one opaque op
-    (four saved (B, L, D) tensors per layer, as in eager mode); lean_backward=False traces the plain
-    composition instead."""
+    (four saved (B, L, D) tensors per layer, as in eager mode); lean_backward=False traces
+    the plain composition instead."""
     graphs = []
 
     def recording_backend(gm, example_inputs):

@@ -105,6 +105,20 @@ def test_keeps_only_its_inputs_x_proj_output_decay_and_up_pass(impl, mode):
     assert len(big(_saved_storages(lambda: call(plain, tensors, trees, "full")))) >= 12
 
 
+@pytest.mark.parametrize("mode", ["full", "subtree"])
+def test_backward_leaves_the_saved_tensors_intact(mode):
+    """Forward and backward work in dead temporaries, never in what was saved: a second
+    backward through the same graph (retain_graph) gives the same gradients."""
+    tensors, trees = make(torch.float32, D=16, trees=1)
+    tensors = [t.requires_grad_(True) for t in tensors]
+    out = call(selective_tree_scan, tensors, trees, mode, impl="numba")
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, tensors, grad, retain_graph=True)
+    second = torch.autograd.grad(out, tensors, grad)
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_elementwise_stages_agree_between_numba_and_torch():
     """The stages on their own, float32, rows of odd width."""
     g = torch.Generator().manual_seed(1)
