@@ -205,6 +205,17 @@ def _up_pass(src_ptr, up_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, 
 
 
 @triton.jit
+def _down_pass(up_ptr, y_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, num_levels,
+               cols, cmask, root, up_root, BLOCK_V: tl.constexpr):
+    """y = full scan from the up pass: y[root] = up[root] (given), then level by level."""
+    tl.store(y_ptr + root, up_root, mask=cmask)
+    # Barrier: level 1 reads y[root], written above by other threads.
+    tl.debug_barrier()
+    _walk_levels(_down_step, (up_ptr, y_ptr, lam_ptr), order_ptr, parent_ptr, off_ptr,
+                 b, L, C, num_levels, cols, cmask, REVERSE=False, BLOCK_V=BLOCK_V)
+
+
+@triton.jit
 def _scan_forward_kernel(x_ptr, lam_ptr, up_ptr, y_ptr, order_ptr, parent_ptr, off_ptr,
                          L, C, num_levels, FULL: tl.constexpr,
                          BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -215,11 +226,8 @@ def _scan_forward_kernel(x_ptr, lam_ptr, up_ptr, y_ptr, order_ptr, parent_ptr, o
     root, up_root = _up_pass(x_ptr, up_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C,
                              num_levels, cols, cmask, BLOCK_V, BLOCK_C)
     if FULL:
-        tl.store(y_ptr + root, up_root, mask=cmask)  # y[root] = up[root]
-        # Barrier: level 1 reads y[root], written above by other threads.
-        tl.debug_barrier()
-        _walk_levels(_down_step, (up_ptr, y_ptr, lam_ptr), order_ptr, parent_ptr, off_ptr,
-                     b, L, C, num_levels, cols, cmask, REVERSE=False, BLOCK_V=BLOCK_V)
+        _down_pass(up_ptr, y_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, num_levels,
+                   cols, cmask, root, up_root, BLOCK_V)
 
 
 @triton.jit
@@ -231,11 +239,8 @@ def _scan_down_kernel(up_ptr, lam_ptr, y_ptr, order_ptr, parent_ptr, off_ptr, L,
     cmask = cols < C
     root = _root_offsets(order_ptr, b, L, C, cols)
     up_root = tl.load(up_ptr + root, mask=cmask, other=0.0).to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + root, up_root, mask=cmask)  # y[root] = up[root]
-    # Barrier: level 1 reads y[root], written above by other threads.
-    tl.debug_barrier()
-    _walk_levels(_down_step, (up_ptr, y_ptr, lam_ptr), order_ptr, parent_ptr, off_ptr,
-                 b, L, C, num_levels, cols, cmask, REVERSE=False, BLOCK_V=BLOCK_V)
+    _down_pass(up_ptr, y_ptr, lam_ptr, order_ptr, parent_ptr, off_ptr, b, L, C, num_levels,
+               cols, cmask, root, up_root, BLOCK_V)
 
 
 @triton.jit

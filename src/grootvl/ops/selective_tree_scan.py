@@ -63,10 +63,15 @@ def _scans(u: Tensor, decay: Tensor, trees: list[tuple[Tensor, Tensor, Tensor]],
     if len(trees) == 1 and hasattr(backend, "scan_forward_inplace"):
         h = backend.scan_forward_inplace(u, decay, *trees[0], mode, keep_decay=True)
         return h, u.unsqueeze(0)
-    scans = [backend.scan_forward(u, decay, *tree, mode) for tree in trees]
+    ys, ups = zip(*(backend.scan_forward(u, decay, *tree, mode) for tree in trees))
     if len(trees) == 1:
-        return scans[0][0], scans[0][1].unsqueeze(0)  # for mode 'subtree', h is the up pass
-    return sum(y for y, _ in scans[1:]) + scans[0][0], torch.stack([up for _, up in scans])
+        return ys[0], ups[0].unsqueeze(0)  # for mode 'subtree', h is the up pass
+    return _sum(ys), torch.stack(ups)
+
+
+def _sum(ys: Sequence[Tensor]) -> Tensor:
+    """The sum of the trees' scans (the first one itself for one tree)."""
+    return ys[0] if len(ys) == 1 else sum(ys[1:], ys[0])
 
 
 def _full_scans(ups: Tensor, decay: Tensor, trees: list[tuple[Tensor, Tensor, Tensor]],
@@ -157,7 +162,7 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, u
         pre = conv_out.to(compute)
         a = -torch.exp(a_log_c)
         ys = _full_scans(ups, decay, trees, mode, scan_impl)
-        h = ys[0] if len(trees) == 1 else sum(ys[1:], ys[0])
+        h = _sum(ys)
         grad_x_dbl = torch.empty_like(x_dbl)
         # numba: the recomputed gated output is written into grad_gated's memory
         gated, grad_h, grad_xs, grad_z, *norm_grads = output_backward(
