@@ -11,7 +11,8 @@ weights (nothing is downloaded), float32.
 * train: one training step per model (forward, cross-entropy, backward, AdamW step), models
   in train mode with their default drop-path rates; "grootv_tiny plain" is GrootV-T with
   ``lean_backward`` off (plain autograd through the Tree SSM and MLP: the path before the
-  memory-lean ops, same numbers);
+  memory-lean ops, same numbers); the step's phases (forward with the loss, backward,
+  optimizer step) are printed too, to show which one a ratio comes from;
 * saved: the bytes autograd keeps for backward during one training forward pass, counted with
   ``torch.autograd.graph.saved_tensors_hooks`` over unique storages (weights and the input
   images included, for every model alike). This decides the batch that fits in memory;
@@ -152,24 +153,48 @@ def inference_section(models: dict, x: torch.Tensor, rounds: int) -> None:
            "inference")
 
 
-def training_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor):
-    """One AdamW training step (zero_grad, forward, cross-entropy, backward, step)."""
+PHASES = ("forward", "backward", "optimizer")
+
+
+def training_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                  phases: list | None = None):
+    """One AdamW training step (zero_grad, forward, cross-entropy, backward, step); with
+    ``phases``, each call appends the wall seconds of its forward (with the loss), backward
+    and optimizer step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         model.train()
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
         opt.step()
+        if phases is not None:
+            phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
     return step
 
 
 def train_section(models: dict, x: torch.Tensor, labels: torch.Tensor, rounds: int) -> None:
-    steps = {k: training_step(m, x, labels) for k, m in models.items()}
+    phases = {k: [] for k in models}
+    steps = {k: training_step(m, x, labels, phases[k]) for k, m in models.items()}
     wall, cpu, faults = interleaved(steps, rounds)
     report("Training step (forward + backward + AdamW step), per batch:", wall, cpu, faults,
            BASELINE,
            "train")
+    # where the time goes: the timed rounds only (the warm-up call is dropped)
+    print("  phases of the step, median ms (x median per-round ratio to "
+          f"{BASELINE}):")
+    timed = {k: v[-rounds:] for k, v in phases.items()}
+    for name, values in timed.items():
+        cells = []
+        for i, phase in enumerate(PHASES):
+            mine = [v[i] for v in values]
+            ratio = statistics.median(a[i] / b[i] for a, b in zip(values, timed[BASELINE]))
+            cells.append(f"{phase} {statistics.median(mine) * 1e3:5.0f} (x{ratio:.2f})")
+        print(f"    {name:18s} " + ", ".join(cells))
     for model in models.values():  # drop gradients and optimizer state before what follows
         model.zero_grad(set_to_none=True)
     del steps
