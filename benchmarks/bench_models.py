@@ -120,7 +120,7 @@ def report(title: str, wall: dict, cpu: dict, faults: dict, baseline: str,
     med = {k: statistics.median(v) for k, v in wall.items()}
     ratios = {}
     for name, values in wall.items():
-        paired = statistics.median(a / b for a, b in zip(values, wall[baseline]))
+        paired = per_round_ratio(values, wall[baseline])
         ratios[name] = paired
         cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu[baseline])
         print(f"  {name:18s} {med[name] * 1e3:8.0f} ms  [min {min(values) * 1e3:.0f}]  "
@@ -131,6 +131,11 @@ def report(title: str, wall: dict, cpu: dict, faults: dict, baseline: str,
         verdict(f"{target_key}: grootv_tiny / {baseline}", ratios["grootv_tiny"],
                 TARGETS[target_key])
     return ratios
+
+
+def per_round_ratio(values: list[float], baseline: list[float]) -> float:
+    """Median of the ratios of values to the baseline's taken round by round."""
+    return statistics.median(a / b for a, b in zip(values, baseline))
 
 
 def verdict(what: str, value: float, target: float) -> None:
@@ -192,7 +197,7 @@ def train_section(models: dict, x: torch.Tensor, labels: torch.Tensor, rounds: i
         cells = []
         for i, phase in enumerate(PHASES):
             mine = [v[i] for v in values]
-            ratio = statistics.median(a[i] / b[i] for a, b in zip(values, timed[BASELINE]))
+            ratio = per_round_ratio(mine, [v[i] for v in timed[BASELINE]])
             cells.append(f"{phase} {statistics.median(mine) * 1e3:5.0f} (x{ratio:.2f})")
         print(f"    {name:18s} " + ", ".join(cells))
     for model in models.values():  # drop gradients and optimizer state before what follows
