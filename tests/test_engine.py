@@ -15,7 +15,7 @@ from grootvl.engine import atomic_save
 from grootvl.engine.amp import resolve_amp
 from grootvl.engine.config import parse_override
 from grootvl.engine.metrics import MetricSums
-from grootvl.engine.optim import scaled_lrs
+from grootvl.engine.optim import build_optimizer, scaled_lrs
 from grootvl.engine.progress import JsonlLogger, Progress, read_jsonl
 from grootvl.engine.seeding import get_rng_state, seed_everything, set_rng_state
 from grootvl.engine.snapshots import SnapshotManager
@@ -112,6 +112,43 @@ def test_lr_scales_linearly_with_total_batch():
     lrs = scaled_lrs(cfg, world_size=8)  # total batch 2048 = 4 x 512
     assert lrs["total_batch"] == 2048
     assert lrs["lr"] == pytest.approx(2e-3) and lrs["min_lr"] == pytest.approx(2e-5)
+
+
+def _tiny_model(dtype=torch.float32):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5),
+                               torch.nn.Linear(5, 3)).to(dtype)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_update_is_used_where_torch_has_it_and_takes_the_same_steps(name):
+    cfg = load_config(None, [f"optim.name={name}"])
+    models = {fused: _tiny_model() for fused in (None, False)}
+    optimizers = {fused: build_optimizer(model, cfg.optim.model_copy(update={"fused": fused}), 0.1)
+                  for fused, model in models.items()}
+    assert optimizers[None].defaults["fused"] is True
+    assert not optimizers[False].defaults.get("fused")
+    x = torch.randn(16, 6)
+    for _ in range(3):
+        for fused, model in models.items():
+            model(x).square().mean().backward()
+            optimizers[fused].step()
+            optimizers[fused].zero_grad()
+    for a, b, initial in zip(models[None].parameters(), models[False].parameters(),
+                             _tiny_model().parameters()):
+        assert not torch.equal(a, initial)  # the steps moved it
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_update_off_where_unsupported_and_refused_when_asked_for():
+    cfg = load_config(None, ["optim.name=lamb"])
+    assert not build_optimizer(_tiny_model(), cfg.optim, 0.1).defaults.get("fused")
+    with pytest.raises(UserError, match="'lamb' has no fused implementation.*optim.fused"):
+        build_optimizer(_tiny_model(), cfg.optim.model_copy(update={"fused": True}), 0.1)
+    model = _tiny_model(torch.float64)
+    model[0].weight.data = model[0].weight.data.to(torch.complex128)
+    with pytest.raises(UserError, match=r"parameter 0\.weight is torch\.complex128"):
+        build_optimizer(model, load_config(None, ["optim.fused=true"]).optim, 0.1)
 
 
 # ------------------------------------------------------------------------ amp, metrics

@@ -33,6 +33,10 @@ class OptimConfig(ConfigSection):
     eps: PositiveFloat = Field(1e-8, description="Adam-type optimizers")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam-type optimizers")
     momentum: NonNegativeFloat = Field(0.9, description="sgd only")
+    fused: bool | None = Field(
+        None, description="torch's fused update (one kernel for all parameters) for adam, "
+        "adamw, sgd, momentum, nesterov and adagrad; null: on where torch has it (CPU, CUDA; "
+        "float parameters); false: the per-tensor loop")
     clip_grad: PositiveFloat | None = Field(5.0, description="max global gradient norm; null: off")
     accum_steps: PositiveInt = Field(
         1, description="gradient accumulation (micro-batches per optimizer step)")
