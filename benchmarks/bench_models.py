@@ -8,8 +8,9 @@ Everything is measured in one run, the way a user would: ``import torch`` comes 
 weights (nothing is downloaded), float32.
 
 * inference: one forward pass per model under ``torch.inference_mode``;
-* train: one training step per model (forward, cross-entropy, backward, AdamW step), models
-  in train mode with their default drop-path rates; "grootv_tiny plain" is GrootV-T with
+* train: one training step per model (forward, cross-entropy, backward, AdamW step with the
+  optimizer of grootvl's training engine: fused where torch has it), models in train mode
+  with their default drop-path rates; "grootv_tiny plain" is GrootV-T with
   ``lean_backward`` off (plain autograd through the Tree SSM and MLP: the path before the
   memory-lean ops, same numbers); the step's phases (forward with the loss, backward,
   optimizer step) are printed too, to show which one a ratio comes from;
@@ -50,6 +51,8 @@ import timm
 
 import grootvl  # noqa: F401  (registers the grootv_* models)
 import grootvl.layers.tree_ssm as tree_ssm
+from grootvl.engine.optim import build_optimizer
+from grootvl.engine.schema import OptimConfig
 
 BASELINE = "convnext_tiny"
 MODELS = {  # label: (timm name, kwargs)
@@ -163,10 +166,11 @@ PHASES = ("forward", "backward", "optimizer")
 
 def training_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
                   phases: list | None = None):
-    """One AdamW training step (zero_grad, forward, cross-entropy, backward, step); with
+    """One AdamW training step (zero_grad, forward, cross-entropy, backward, step) with the
+    optimizer grootvl's training engine builds (timm's AdamW, torch's fused update); with
     ``phases``, each call appends the wall seconds of its forward (with the loss), backward
     and optimizer step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, OptimConfig(), 1e-4)
 
     def step():
         model.train()

@@ -89,6 +89,8 @@ def benchmark_model(model, *, batch_size: int, img_size: int, in_chans: int, mod
     import torch
 
     from grootvl.engine.amp import autocast, make_grad_scaler
+    from grootvl.engine.optim import build_optimizer
+    from grootvl.engine.schema import OptimConfig
 
     def sync():
         if device.type == "cuda":
@@ -106,7 +108,7 @@ def benchmark_model(model, *, batch_size: int, img_size: int, in_chans: int, mod
     else:
         model.train()
         target = torch.randint(0, 2, (batch_size,), device=device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        opt = build_optimizer(model, OptimConfig(), 1e-6)  # the training engine's AdamW
         scaler = make_grad_scaler(amp)
 
         def step():
