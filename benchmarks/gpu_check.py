@@ -15,7 +15,7 @@ Part 2 (FIGURE lines, PASS/MISS against the target, medians after warm-up, CUDA 
   scan forward+backward / the same copy                                  target <= 8
   grid_tree on the device for that batch / scan forward                  (no target)
   launch-configuration sweep of the raw kernels                          (informative)
-  GrootV-T vs timm convnext_tiny img/s: training (batch 64, bf16 autocast, AdamW step) and
+  GrootV-T vs timm convnext_tiny img/s: training (batch 64, bf16 autocast, the engine's AdamW) and
   inference (batch 128, bf16 autocast)          target: GrootV-T inference >= 0.6x ConvNeXt-T
   and the CUDA allocator's training peak memory of both (batch 64)
   GrootV-T training img/s compiled (grootvl.models.compile.compile_model, default torch.compile) vs
@@ -58,6 +58,8 @@ if ARGS.interpret:  # read when triton kernels are defined: set before anything 
 import torch  # noqa: E402
 
 import grootvl  # noqa: E402,F401  (registers the GrootV models with timm)
+from grootvl.engine.optim import build_optimizer  # noqa: E402
+from grootvl.engine.schema import OptimConfig  # noqa: E402
 from grootvl.ops import (bfs_tree, grid_edges, grid_tree, minimum_spanning_tree,  # noqa: E402
                          tree_scan)
 from grootvl.ops import scan_numba, scan_triton  # noqa: E402
@@ -382,7 +384,7 @@ def _throughput(model, batch: int, train: bool) -> tuple[float, int | None]:
     autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=not DRY)
     if train:
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = build_optimizer(model, OptimConfig(), 1e-4)  # the training engine's (fused) AdamW
 
         def step():
             with autocast:
