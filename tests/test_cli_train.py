@@ -74,6 +74,7 @@ def test_train_writes_checkpoints_and_logs_then_eval_reproduces_best(reference_r
         assert (out / name).is_file(), name
     start = read_jsonl(out / "log.jsonl")[0]
     assert start["event"] == "start" and start["lr"] == pytest.approx(5e-4 * 4 / 512)
+    assert start["optimizer"] == "AdamW" and start["fused_update"] is True
     epochs = _epochs(out)
     assert [r["epoch"] for r in epochs] == list(range(EPOCHS))
     assert all(r["global_step"] == STEPS * (r["epoch"] + 1) for r in epochs)

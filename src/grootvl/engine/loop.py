@@ -185,6 +185,8 @@ def _run(task: Task, cfg: EngineConfig, folder: RunFolder, resume, crash_at_step
                     "params": sum(p.numel() for p in parts.bare.parameters()),
                     "train_images": len(train_ds), "val_images": len(val_ds),
                     "steps_per_epoch": parts.steps_per_epoch, **lrs, **task.describe(),
+                    "optimizer": type(parts.optimizer).__name__,
+                    "fused_update": bool(parts.optimizer.defaults.get("fused")),
                     "lr_groups": [{"lr_scale": g.get("lr_scale", 1.0),
                                    "weight_decay": g["weight_decay"], "params": len(g["params"])}
                                   for g in parts.optimizer.param_groups]})
