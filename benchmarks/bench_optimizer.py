@@ -7,8 +7,9 @@ For each model, the optimizer the engine builds (``grootvl.engine.optim.build_op
 the default ``optim`` section: timm's AdamW with weight decay) once with ``optim.fused=false``
 (torch's loop over parameter tensors, what a bare ``torch.optim.AdamW`` does on the CPU) and
 once with the default (fused where torch has it), stepping over the same gradients. The two
-alternate round by round; the script prints the median step of each and their ratio, measured
-side by side in one process. ``demo`` is the model of ``grootvl demo`` (``configs/demo.yaml``).
+alternate round by round in a shuffled order (``bench_models.interleaved``); the script prints
+the median step of each and their ratio, measured side by side in one process. ``demo`` is
+the model of ``grootvl demo`` (``configs/demo.yaml``).
 The gradient clipping and EMA update that the engine runs around the step are the same for
 both and not timed.
 """
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import timm
 import torch
 
 import grootvl  # noqa: F401  (registers the GrootV models)
+from bench_models import interleaved
 from grootvl.engine.optim import build_optimizer
 from grootvl.tasks import load_config
 
@@ -31,12 +32,6 @@ def _model(name: str) -> torch.nn.Module:
         cfg = load_config("demo")
         return timm.create_model(cfg.model.name, num_classes=10, **cfg.model.kwargs)
     return timm.create_model(name)
-
-
-def _step_time(optimizer: torch.optim.Optimizer) -> float:
-    start = time.perf_counter()
-    optimizer.step()
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,12 +53,9 @@ def main(argv: list[str] | None = None) -> None:
             param.grad = torch.randn(param.shape, generator=generator) * 1e-3
         variants = {fused: build_optimizer(model, optim_cfg.model_copy(update={"fused": fused}),
                                            1e-4) for fused in (False, None)}
-        times: dict[bool | None, list[float]] = {fused: [] for fused in variants}
-        for fused, optimizer in variants.items():  # state (moments) allocated, kernels warm
-            optimizer.step()
-        for _ in range(args.rounds):
-            for fused, optimizer in variants.items():
-                times[fused].append(_step_time(optimizer))
+        # one warm-up step each: state (moments) allocated, kernels warm
+        times, _, _ = interleaved({fused: opt.step for fused, opt in variants.items()},
+                                  args.rounds)
         loop, fused = (statistics.median(times[k]) * 1e3 for k in (False, None))
         count = sum(1 for _ in model.parameters())
         print(f"{name:16s} {count:7d} {loop:8.1f} {fused:8.1f} {loop / fused:9.2f}x")

@@ -143,8 +143,8 @@ def _(conv_out, z, x_proj_weight, dt_weight, dt_bias, a_log, skip, h_norm_weight
 
 @torch.library.custom_op("grootvl::selective_tree_scan_backward_v2", mutates_args=())
 def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, ups: Tensor,
-                 decay: Tensor, x_proj_weight: Tensor, dt_weight: Tensor, dt_bias: Tensor, a_log: Tensor,
-                 skip: Tensor, h_norm_weight: Tensor, h_norm_bias: Tensor,
+                 decay: Tensor, x_proj_weight: Tensor, dt_weight: Tensor, dt_bias: Tensor,
+                 a_log: Tensor, skip: Tensor, h_norm_weight: Tensor, h_norm_bias: Tensor,
                  out_norm_weight: Tensor, out_norm_bias: Tensor, out_proj_weight: Tensor,
                  orders: list[Tensor], parents: list[Tensor], level_offsets: list[Tensor],
                  h_eps: float, out_eps: float, mode: str, scan_impl: str, impl: str,
