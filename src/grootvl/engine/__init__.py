@@ -11,6 +11,7 @@ segmentation).
 * :mod:`.config`      -- typed configs from YAML files, ``--set`` overrides and flags
 * :mod:`.optim`       -- optimizer and lr schedule (timm's factories), lr scaling
 * :mod:`.snapshots`   -- atomic snapshot files, last/best/EMA-best, ``--resume auto``
+* :mod:`.run_state`   -- what a run has done; what its snapshots hold, restored on resume
 * :mod:`.run_folder`  -- the run's folder: locked, never overwritten by accident, its log cut
   back to the snapshot on resume
 * :mod:`.sampling`    -- resumable training loaders, evaluation shards

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import signal
@@ -37,11 +36,12 @@ from .metrics import MetricSums
 from .optim import build_optimizer, build_scheduler, scaled_lrs
 from .progress import JsonlLogger, Progress
 from .run_folder import RunFolder
+from .run_state import (RunState, already_finished, read_resume_snapshot, restore, save_epoch,
+                        update_best)
 from .sampling import eval_loader, train_loader
 from .schema import EngineConfig
-from .seeding import get_rng_state, seed_everything, set_rng_state
-from .snapshots import (SnapshotManager, atomic_write_text, check_resumable, load_snapshot,
-                        state_misfit)
+from .seeding import get_rng_state, seed_everything
+from .snapshots import SnapshotManager, atomic_write_text
 from .task import Task
 
 __all__ = ["LOG_FILE", "METRICS_FILE", "NonFiniteLossError", "run_training"]
@@ -49,7 +49,6 @@ __all__ = ["LOG_FILE", "METRICS_FILE", "NonFiniteLossError", "run_training"]
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.json"
-_log = logging.getLogger(__name__)
 # a weight this large squares to more than float32 holds: activations overflow to inf/NaN
 _DIVERGED_WEIGHT = 1e19
 _DIVERGED_HINT = ("lower optim.base_lr (--lr) or optim.weight_decay (--weight-decay), or enable "
@@ -61,8 +60,8 @@ class NonFiniteLossError(UserError):
 
 
 @dataclass
-class _Parts:
-    """Everything one run trains with."""
+class RunParts:
+    """Everything one run trains with (:mod:`.run_state` saves and restores its state)."""
 
     task: Task
     cfg: EngineConfig
@@ -76,16 +75,6 @@ class _Parts:
     ema: ModelEmaV3 | None
     steps_per_epoch: int
     crash_at_step: int | None = None    # testing hook: SIGKILL ourselves after this step
-
-
-@dataclass
-class _RunState:
-    """What a run has done so far (saved in every snapshot)."""
-
-    epoch: int = 0                      # next epoch to train
-    global_step: int = 0
-    best: float | None = None           # best primary metric so far
-    best_ema: float | None = None
 
 
 def run_training(task: Task, cfg: EngineConfig, output: str | os.PathLike,
@@ -153,8 +142,8 @@ def _build(task: Task, cfg: EngineConfig, env: D.DistEnv, crash_at_step):
     if tcfg.limit_train_steps:
         steps_per_epoch = min(steps_per_epoch, tcfg.limit_train_steps)
     scheduler = build_scheduler(optimizer, cfg.sched, lrs, steps_per_epoch)
-    parts = _Parts(task, cfg, env, amp, bare, model, optimizer, scheduler, make_grad_scaler(amp),
-                   ema, steps_per_epoch, crash_at_step)
+    parts = RunParts(task, cfg, env, amp, bare, model, optimizer, scheduler,
+                     make_grad_scaler(amp), ema, steps_per_epoch, crash_at_step)
     return parts, loader, train_ds, val_ds, lrs
 
 
@@ -163,16 +152,16 @@ def _run(task: Task, cfg: EngineConfig, folder: RunFolder, resume, crash_at_step
     snapshots = SnapshotManager(output)
     epochs = cfg.sched.epochs
     resume_path = snapshots.find_resume(resume)
-    snapshot = _read_resume_snapshot(resume_path, epochs) if resume_path else None
+    snapshot = read_resume_snapshot(resume_path, epochs) if resume_path else None
     if env.is_main and resume:
         done = (int(snapshot["epoch"]), int(snapshot["global_step"])) if snapshot else (-1, 0)
         folder.cut_log(LOG_FILE, *done)
     parts, loader, train_ds, val_ds, lrs = _build(task, cfg, env, crash_at_step)
-    run = _RunState()
+    run = RunState()
     if snapshot is not None:
-        _resume(resume_path, snapshot, parts, run)  # every compatibility check first
+        restore(resume_path, snapshot, parts, run)  # every compatibility check first
         if run.epoch == epochs:
-            return _already_finished(task, output, resume_path, snapshot)
+            return already_finished(task, output, resume_path, snapshot, SUMMARY_FILE)
     val_loader = eval_loader(val_ds, task.eval_batch_size, env, cfg.data.num_workers,
                              cfg.data.pin_memory, task.collate_fn)
     logger = JsonlLogger(output / LOG_FILE if env.is_main else None)
@@ -208,13 +197,13 @@ def _run(task: Task, cfg: EngineConfig, folder: RunFolder, resume, crash_at_step
                   **stats, "train_time_s": round(time.perf_counter() - epoch_start, 3)}
         if (epoch + 1) % cfg.train.epochs_between_eval == 0 or epoch + 1 == epochs:
             _validate(parts, val_loader, record, output, epoch, run.global_step)
-        improved = _update_best(run, record, task.primary_metric)
+        improved = update_best(run, record, task.primary_metric)
         rngs = D.all_gather_object(get_rng_state())
         record["epoch_time_s"] = round(time.perf_counter() - epoch_start, 3)
         record[best_key] = run.best
         logger.log(record, durable=True)  # on disk before the snapshot that claims it
         if env.is_main:
-            _save_epoch(parts, run, epoch, rngs, improved, snapshots)
+            save_epoch(parts, run, epoch, rngs, improved, snapshots)
         run.epoch = epoch + 1
         D.barrier()
     summary = {"event": "end", "task": task.name, "epochs_completed": epochs,
@@ -228,36 +217,7 @@ def _run(task: Task, cfg: EngineConfig, folder: RunFolder, resume, crash_at_step
     return summary
 
 
-def _read_resume_snapshot(path: Path, epochs: int) -> dict:
-    """The snapshot ``--resume`` names, checked: resumable, and not past ``epochs``."""
-    snapshot = load_snapshot(path)
-    check_resumable(snapshot, path)
-    done = int(snapshot["epoch"]) + 1
-    if done > epochs:
-        raise UserError(f"sched.epochs (--epochs) = {epochs} is fewer than the {done} epochs "
-                        f"{path} has already trained; pass --epochs {done} or more to continue "
-                        "the run (or start a new one with another --output)")
-    return snapshot
-
-
-def _already_finished(task: Task, output: Path, path: Path, snapshot: dict) -> dict:
-    """Resuming a run that trained all its epochs: nothing is written; its summary."""
-    done = int(snapshot["epoch"]) + 1
-    _log.warning("%s has already trained all %d epochs of the run in %s: nothing to do, nothing "
-                 "changed (raise --epochs to train longer)", path, done, output)
-    summary = None
-    try:
-        summary = json.loads((output / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        pass
-    if not isinstance(summary, dict):
-        summary = {"event": "end", "task": task.name, "epochs_completed": done,
-                   "primary_metric": task.primary_metric,
-                   f"best_{task.primary_metric}": snapshot.get("best_metric")}
-    return {**summary, "already_finished": True}
-
-
-def _train_epoch(parts: _Parts, loader, epoch: int, run: _RunState, progress: Progress,
+def _train_epoch(parts: RunParts, loader, epoch: int, run: RunState, progress: Progress,
                  logger: JsonlLogger) -> dict:
     """One pass over ``loader`` (at most ``steps_per_epoch`` optimizer steps).
 
@@ -348,7 +308,7 @@ def _divergence_reported(model: nn.Module, epoch: int, step: int):
                                  f"weights reached {worst:.3g}; {_DIVERGED_HINT}") from exc
 
 
-def _optimizer_step(parts: _Parts):
+def _optimizer_step(parts: RunParts):
     """Unscale, clip, step, update the scaler; returns the pre-clip grad norm (or None)."""
     optimizer, scaler = parts.optimizer, parts.scaler
     grad_norm = None
@@ -365,7 +325,7 @@ def _optimizer_step(parts: _Parts):
     return grad_norm
 
 
-def _validate(parts: _Parts, val_loader, record: dict, output: Path, epoch: int, step: int) -> None:
+def _validate(parts: RunParts, val_loader, record: dict, output: Path, epoch: int, step: int) -> None:
     """Evaluate the model (and its EMA) into ``record``; ``metrics.json`` on the main process."""
     cfg, env = parts.cfg, parts.env
     sync_buffers(parts.bare)
@@ -379,80 +339,6 @@ def _validate(parts: _Parts, val_loader, record: dict, output: Path, epoch: int,
     if env.is_main:
         (output / METRICS_FILE).write_text(json.dumps({"epoch": epoch, "step": step, **metrics},
                                                       indent=2))
-
-
-def _metric(metrics: dict, dotted: str) -> float:
-    value = metrics
-    for key in dotted.split("."):
-        value = value[key]
-    return float(value)
-
-
-def _update_best(run: _RunState, record: dict, metric: str) -> tuple[bool, bool]:
-    """Track the best primary metric of the model and of its EMA (the same on every
-    process); returns whether each improved in this epoch's ``record``."""
-    improved = []
-    for prefix, attr in (("val_", "best"), ("ema_val_", "best_ema")):
-        values = {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
-        if metric.split(".")[0] not in values:
-            improved.append(False)
-            continue
-        score = _metric(values, metric)
-        best = getattr(run, attr)
-        improved.append(best is None or score > best)
-        if improved[-1]:
-            setattr(run, attr, score)
-    return improved[0], improved[1]
-
-
-def _save_epoch(parts: _Parts, run: _RunState, epoch: int, rngs, improved: tuple[bool, bool],
-                snapshots: SnapshotManager) -> None:
-    """best.pth / ema_best.pth on improvement, then last.pth (the resume point) last."""
-    task = parts.task
-    meta = {"task": task.name, **task.snapshot_meta(), "epoch": epoch,
-            "global_step": run.global_step, "primary_metric": task.primary_metric,
-            "config": parts.cfg.model_dump(mode="json")}
-    if improved[0]:
-        snapshots.save_best(parts.bare.state_dict(), {**meta, "best_metric": run.best})
-    if improved[1]:
-        snapshots.save_best(parts.ema.module.state_dict(), {**meta, "best_metric": run.best_ema},
-                            ema=True)
-    snapshots.save_last({
-        "model": parts.bare.state_dict(),
-        "model_ema": parts.ema.module.state_dict() if parts.ema is not None else None,
-        "optimizer": parts.optimizer.state_dict(),
-        "lr_scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
-        "rng": rngs, **meta, "best_metric": run.best, "best_ema_metric": run.best_ema,
-    })
-
-
-def _resume(path: Path, snapshot: dict, parts: _Parts, run: _RunState) -> None:
-    task = parts.task
-    saved_task = snapshot.get("task", "classification")  # snapshots before tasks were recorded
-    if saved_task != task.name:
-        raise UserError(f"--resume {path}: the snapshot is a {saved_task} run, this run is "
-                        f"{task.name}; use another --output")
-    task.check_resume(snapshot, path)
-    misfit = state_misfit(parts.bare.state_dict(), snapshot["model"])
-    if misfit:
-        raise UserError(f"--resume {path}: the snapshot's weights do not fit this run's model "
-                        f"({misfit}); were the model options (model.kwargs) or the classes "
-                        "changed?")
-    parts.bare.load_state_dict(snapshot["model"])
-    if parts.ema is not None and snapshot.get("model_ema") is not None:
-        parts.ema.module.load_state_dict(snapshot["model_ema"])
-    parts.optimizer.load_state_dict(snapshot["optimizer"])
-    parts.scheduler.load_state_dict(snapshot["lr_scheduler"])
-    if parts.scaler is not None and snapshot.get("scaler"):
-        parts.scaler.load_state_dict(snapshot["scaler"])
-    run.global_step = int(snapshot["global_step"])
-    run.epoch = int(snapshot["epoch"]) + 1
-    run.best = snapshot.get("best_metric")
-    run.best_ema = snapshot.get("best_ema_metric")
-    rngs = snapshot.get("rng") or []
-    if len(rngs) == parts.env.world_size:
-        set_rng_state(rngs[parts.env.rank])
 
 
 def param_checksum(model: nn.Module) -> float:
