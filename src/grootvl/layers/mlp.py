@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.gelu_linear import gelu_linear, linear_into, row_blocks
-from .inplace import may_overwrite_outputs
+from ..ops.linear import product
+from .inplace import linear_of, may_overwrite_outputs
 
 __all__ = ["GeluMlp"]
 
@@ -39,7 +39,7 @@ class GeluMlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self._blockwise(x):
             return self._blockwise_forward(x)
-        hidden = self.fc1(x)
+        hidden = linear_of(self.fc1, x)
         # a torch.fx Proxy (symbolic tracing) takes the plain path: the op's argument checks
         # branch on devices and shapes, which tracing cannot follow
         if torch.is_grad_enabled() and self.lean_backward and isinstance(hidden, Tensor):
@@ -58,7 +58,7 @@ class GeluMlp(nn.Module):
         out = rows.new_empty((rows.shape[0], self.fc2.out_features))
         for part in row_blocks(rows.shape[0], self.fc1.out_features, x.element_size(),
                                self.inference_block_bytes):
-            hidden = F.linear(rows[part], self.fc1.weight, self.fc1.bias)
+            hidden = product(rows[part], self.fc1.weight, self.fc1.bias)
             torch.ops.aten.gelu_(hidden, approximate=self.act.approximate)
             linear_into(hidden, self.fc2.weight, self.fc2.bias, out[part])
         return out.view(*x.shape[:-1], self.fc2.out_features)

@@ -37,9 +37,11 @@ from torch import Tensor, nn
 
 from ..ops import Tree, grid_chain, grid_tree, random_grid_tree, tree_scan
 from ..ops.arguments import check_int, check_real, is_int
+from ..ops.linear import linear
 from ..ops.selective_tree_scan import selective_tree_scan
 from ..ops.ssm_elementwise import discretize, silu_project_discretize, ssm_output
 from ..ops.tree import GRID_COSTS, autocast_off
+from .inplace import linear_of
 
 __all__ = ["ROOTS", "TOPOLOGIES", "TREE_COSTS", "Trees", "TreeSSM"]
 
@@ -242,10 +244,10 @@ class TreeSSM(nn.Module):
         # weight is split, not sliced twice: backward then writes both halves of its
         # gradient into one tensor instead of adding two zero-padded full-size ones.
         weight_x, weight_z = self.in_proj.weight.split(self.d_inner)
-        x_in = F.linear(x, weight_x)
+        x_in = linear(x, weight_x)
         # the gate (its silu is applied in ssm_output); the fused CPU inference path projects
         # it after the scan instead, into the memory of a scan temporary that is dead by then
-        z = None if self._late_gate(x) else F.linear(x, weight_z)
+        z = None if self._late_gate(x) else linear(x, weight_z)
         # (also under torch.compile: the op is one opaque node there, and compiled training
         # keeps its four (B, L, D) tensors per layer instead of what Inductor would save)
         if torch.is_grad_enabled() and self.lean_backward:
@@ -253,7 +255,7 @@ class TreeSSM(nn.Module):
         # conv kept channels-last; x_in is dead now and may hold u
         conv = self.conv2d(x_in.permute(0, 3, 1, 2))
         y, tree = self._scan_path(conv.permute(0, 2, 3, 1), z, tree, spare=x_in, x=x)
-        return self.out_proj(y), tree
+        return linear_of(self.out_proj, y), tree
 
     def _lean_forward(self, x_in: Tensor, z: Tensor, tree: Trees | None
                       ) -> tuple[Tensor, Trees]:

@@ -10,7 +10,8 @@ whose backward (plain ATen ops) it traces.
 On the CPU both directions run over blocks of rows whose hidden activations (GELU(x) and
 its gradient, each of the hidden width) fit in cache, instead of making full-size
 temporaries that go out to memory and back: the forward result is the unblocked one bit for
-bit, and so is the input gradient; the weight gradient is summed block by block.
+bit, and so is the input gradient (its product runs through ``ops.linear``, as the layers'
+own products do); the weight gradient is summed block by block.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .linear import product
 from .tree import autocast_dtype, autocast_off
 
 __all__ = ["gelu_linear"]
@@ -82,7 +84,7 @@ def _backward(ctx, grad):
             grad_weight = rows[part].T @ hidden
         else:
             grad_weight.addmm_(rows[part].T, hidden)
-        torch.ops.aten.gelu_backward.grad_input(rows[part] @ weight, x_rows[part],
+        torch.ops.aten.gelu_backward.grad_input(product(rows[part], weight.t()), x_rows[part],
                                                 grad_input=grad_x[part])
     if grad_weight is None:  # no rows
         grad_weight = torch.zeros_like(weight)

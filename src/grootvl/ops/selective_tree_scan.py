@@ -40,9 +40,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .linear import product
 from .ssm_elementwise import silu_project_discretize, ssm_output
 from .ssm_elementwise_backward import output_backward, silu_project_discretize_backward
 from .tree import Tree, autocast_dtype, autocast_off
@@ -125,7 +125,7 @@ def _forward_op(conv_out: Tensor, z: Tensor, x_proj_weight: Tensor, dt_weight: T
         gated = ssm_output(h, x_dbl[..., R + 1:], pre if xs is None else xs, z.to(compute),
                            skip, (hw, hb, h_eps), (ow, ob, out_eps), impl=impl,
                            out=h if into_h else None, silu_x=xs is None)
-        out = F.linear(gated.to(proj_dtype), out_proj_weight.to(proj_dtype))
+        out = product(gated.to(proj_dtype), out_proj_weight.to(proj_dtype))
     return out, x_dbl, ups, decay
 
 
@@ -158,7 +158,8 @@ def _backward_op(grad_out: Tensor, conv_out: Tensor, z: Tensor, x_dbl: Tensor, u
     # Both products with the output projection's weight come first and last: the numba
     # stages between them run back to back, without torch's thread pool waking in between.
     with torch.no_grad(), autocast_off(conv_out.device):
-        grad_gated = (grad_out.to(proj_dtype) @ out_proj_weight.to(proj_dtype)).to(compute)
+        grad_gated = product(grad_out.to(proj_dtype),
+                             out_proj_weight.to(proj_dtype).t()).to(compute)
         pre = conv_out.to(compute)
         a = -torch.exp(a_log_c)
         ys = _full_scans(ups, decay, trees, mode, scan_impl)
