@@ -2,9 +2,10 @@
 
 On the CPU, ``F.linear`` in float32 runs the BLAS torch was built with (MKL in the PyPI
 wheels). GrootV's products are narrow (80 to 640 channels on one side, up to 25 088 rows on
-the other), and for those oneDNN's matmul, which torch also ships, is faster on the machines
-measured: ``benchmarks/bench_linear.py`` prints both per product shape and a GrootV-T
-training step with each, side by side.
+the other), and for those oneDNN's matmul, which torch also ships, was faster on the
+machine measured (2 cores of an AMD EPYC, AVX-512): ``benchmarks/bench_linear.py`` prints
+both per product shape and a GrootV-T training step with each, side by side; run it to see
+what another CPU does.
 
 Only the products whose result is a new activation go through oneDNN: the forward
 ``x Wᵀ`` and the input gradient ``g W``. The weight gradient ``gᵀ x`` sums over all rows
