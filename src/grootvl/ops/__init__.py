@@ -6,7 +6,8 @@ features (docs/design.md, "Scan topologies"); ``tree_scan`` propagates a state s
 over any of them in linear time (docs/design.md, "Tree scan semantics"). Every operator takes
 ``impl=`` to pick its implementation; the default is the fastest one for the tensors' device.
 ``selective_tree_scan`` (a Tree SSM layer's core) and ``gelu_linear`` (an MLP's second half)
-are differentiable ops that keep little for backward and recompute the rest there.
+are differentiable ops that keep little for backward and recompute the rest there. The
+module ``grootvl.ops.linear`` runs the layers' matrix products (oneDNN on the CPU).
 """
 from .tree import Tree, bfs_tree, grid_edges, grid_tree
 from .grid_topologies import grid_chain, random_grid_tree
