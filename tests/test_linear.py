@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import grootvl  # noqa: F401  (registers the models)
 from grootvl.layers.inplace import linear_of
 from grootvl.ops import linear as L
-from grootvl.ops.linear import linear, uses_onednn
+from grootvl.ops.linear import linear, product, product_into, uses_onednn
 
 pytestmark = pytest.mark.skipif(not L._AVAILABLE, reason="torch built without oneDNN")
 
@@ -84,6 +84,20 @@ def test_linear_handles_empty_and_strided_inputs():
         x, w = torch.randn(5, k), torch.randn(n, k)
         assert not uses_onednn(x, w)
         assert torch.equal(linear(x, w, torch.ones(n)), F.linear(x, w, torch.ones(n)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_product_into_blocks_of_rows_equals_one_product(dtype, with_bias):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(70, 24, dtype=dtype, generator=gen)
+    w = torch.randn(10, 24, dtype=dtype, generator=gen)
+    b = torch.randn(10, dtype=dtype, generator=gen) if with_bias else None
+    out = torch.full((70, 10), float("nan"), dtype=dtype)
+    for start in range(0, 70, 32):  # blocks of 32 rows, the last partial
+        product_into(x[start:start + 32], w, b, out[start:start + 32])
+    assert torch.equal(out, product(x, w, b))
+    torch.testing.assert_close(out, F.linear(x, w, b))
 
 
 def test_linear_names_a_shape_mismatch():

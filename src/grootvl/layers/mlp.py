@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.gelu_linear import gelu_linear, linear_into, row_blocks
-from ..ops.linear import product
+from ..ops.gelu_linear import gelu_linear, row_blocks
+from ..ops.linear import product, product_into
 from .inplace import linear_of, may_overwrite_outputs
 
 __all__ = ["GeluMlp"]
@@ -60,5 +60,5 @@ class GeluMlp(nn.Module):
                                self.inference_block_bytes):
             hidden = product(rows[part], self.fc1.weight, self.fc1.bias)
             torch.ops.aten.gelu_(hidden, approximate=self.act.approximate)
-            linear_into(hidden, self.fc2.weight, self.fc2.bias, out[part])
+            product_into(hidden, self.fc2.weight, self.fc2.bias, out[part])
         return out.view(*x.shape[:-1], self.fc2.out_features)

@@ -34,7 +34,10 @@ TREE_SHARING = ("block", "stage")
 # torch.fx cannot trace a TreeSSM (its spanning tree depends on the data): FX tracers that
 # use timm's registry (timm's and torchvision's feature extractors given timm's
 # get_notrace_modules(), features_only with feature_cls="fx") keep it as one leaf call.
+# The MLP too: traced, it would be its nn.Linear modules (torch's BLAS) and a plain GELU;
+# as a leaf the graph runs what eager runs (grootvl's products, the lean op in training).
 register_notrace_module(TreeSSM)
+register_notrace_module(GeluMlp)
 
 
 class Permute(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .linear import product
+from .linear import product, product_into
 from .tree import autocast_dtype, autocast_off
 
 __all__ = ["gelu_linear"]
@@ -37,13 +37,6 @@ def row_blocks(rows: int, width: int, itemsize: int, block_bytes: int | None = N
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
-def linear_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
-    """``F.linear(x, weight, bias)`` for 2-D x, written into ``out`` (what F.linear runs)."""
-    if bias is None:
-        return torch.mm(x, weight.t(), out=out)
-    return torch.addmm(bias, x, weight.t(), out=out)
-
-
 @torch.library.custom_op("grootvl::gelu_linear", mutates_args=())
 def _gelu_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     with autocast_off(x.device):  # the wrapper cast the inputs already
@@ -52,7 +45,7 @@ def _gelu_linear_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
         out = rows.new_empty((rows.shape[0], weight.shape[0]))
         for part in row_blocks(*rows.shape, rows.element_size()):
-            linear_into(F.gelu(rows[part]), weight, bias, out[part])
+            product_into(F.gelu(rows[part]), weight, bias, out[part])
         return out.view(*x.shape[:-1], weight.shape[0])
 
 
