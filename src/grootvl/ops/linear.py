@@ -45,8 +45,13 @@ def product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x Wᵀ + b`` without autograd; ``weight`` (N, K) may be any strided view (e.g. the
     transpose of a (K, N) weight, for an input gradient)."""
     if uses_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _onednn_product(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """The oneDNN call itself, for callers that checked ``uses_onednn`` already."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def product_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) -> Tensor:
@@ -54,20 +59,21 @@ def product_into(x: Tensor, weight: Tensor, bias: Tensor | None, out: Tensor) ->
     result). oneDNN has no out= form: its block is copied over, which for blocks sized to
     stay in cache costs less than what it saves on the product."""
     if uses_onednn(x, weight):
-        return out.copy_(torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], ""))
+        return out.copy_(_onednn_product(x, weight, bias))
     if bias is None:
         return torch.mm(x, weight.t(), out=out)
     return torch.addmm(bias, x, weight.t(), out=out)
 
 
 class _Linear(torch.autograd.Function):
-    """Saves what ``F.linear``'s autograd saves: the input and the weight."""
+    """Saves what ``F.linear``'s autograd saves: the input and the weight. Applied only where
+    ``uses_onednn`` holds (checked by ``linear``), so neither pass checks again."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return product(x, weight, bias)
+        return _onednn_product(x, weight, bias)
 
     @staticmethod
     @once_differentiable
@@ -75,7 +81,7 @@ class _Linear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = product(grad, weight.t())
+            grad_x = _onednn_product(grad, weight.t(), None)
         rows = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
             grad_w = rows.t() @ x.reshape(-1, x.shape[-1])
@@ -98,4 +104,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _Linear.apply(x, weight, bias)
-    return product(x, weight, bias)
+    return _onednn_product(x, weight, bias)
