@@ -1,4 +1,8 @@
 """discretize / ssm_output: the fused numba kernels against their torch compositions."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +101,40 @@ def test_numba_refuses_what_it_cannot_do():
         ssm_output(**{**out_args, "x": out_args["x"][:, :5]}, impl="numba")
     with pytest.raises(ValueError, match="impl must be"):
         ssm_output(**out_args, impl="triton")
+
+
+_RUN_ALL_KERNELS = """
+import sys, torch
+from grootvl.ops.ssm_elementwise import silu_project_discretize, ssm_output
+from grootvl.ops.ssm_elementwise_backward import output_backward, silu_project_discretize_backward
+g = torch.Generator().manual_seed(0)
+r = lambda *s: torch.randn(*s, generator=g)
+n, D, R = 300, 40, 3
+pre, h, z, grad_out, grad_u, grad_decay = (r(n, D) for _ in range(6))
+proj, dt_weight, dt_bias, a, skip = r(R + 2, D), r(D, R), r(D), -r(D).exp(), r(D)
+h_norm, out_norm = (r(D), r(D), 1e-5), (r(D), r(D), 1e-6)
+x, x_dbl, u, decay = silu_project_discretize(pre, proj, dt_weight, dt_bias, a, impl="numba")
+out = ssm_output(h, x_dbl[:, -1:], pre, z, skip, h_norm, out_norm, impl="numba", silu_x=True)
+grad_x_dbl = torch.zeros_like(x_dbl)
+grads = output_backward(grad_out, h, x_dbl, pre, z, skip, h_norm, out_norm, grad_x_dbl,
+                        impl="numba")
+grads_in = silu_project_discretize_backward(grad_u, grad_decay, grads[2].clone(), grad_x_dbl,
+                                           decay, x_dbl, pre, proj, dt_weight, dt_bias, a,
+                                           impl="numba")
+torch.save([x_dbl, u, decay, out, *grads, grad_x_dbl, *grads_in], sys.argv[1])
+"""
+
+
+def test_numba_kernels_give_the_same_bits_compiled_fresh_or_from_the_cache(tmp_path):
+    # A kernel numba compiles in the calling process can be optimised together with its
+    # callers; one loaded from the on-disk cache cannot. Sums whose order LLVM chose per
+    # loop then differed in the last bits between a first run and every later run.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    results = []
+    for run in ("fresh", "cached"):
+        path = tmp_path / f"{run}.pt"
+        subprocess.run([sys.executable, "-c", _RUN_ALL_KERNELS, str(path)], env=env, check=True)
+        results.append(torch.load(path))
+    assert any((tmp_path / "cache").rglob("*.nbc")), "the second run did not find a cache"
+    for fresh, cached in zip(*results):
+        assert torch.equal(fresh, cached)

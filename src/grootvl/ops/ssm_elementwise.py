@@ -30,9 +30,17 @@ __all__ = ["discretize", "silu_project_discretize", "ssm_output"]
 IMPLS = ("torch", "numba")
 # error_model="numpy" (x / 0 gives inf, as in torch): numba's default Python error model
 # checks every division for zero, and that branch stops LLVM from vectorising the loop.
-# reassoc lets LLVM vectorise the LayerNorm sums (the result then depends on the vector
-# width, never on the thread count: each row is summed by one thread).
-_FASTMATH = {"contract", "reassoc", "nsz"}
+# Sums over a row (LayerNorm statistics, dot products) are vectorised only if LLVM may
+# reassociate them, and then LLVM picks the summation order. It picks it per loop, and a
+# loop that also does other work is compiled differently when numba inlines its function
+# into a freshly compiled caller than when the caller comes from numba's on-disk cache: the
+# last bits of a gradient depended on whether the cache was warm. So "reassoc" is given
+# only to _REDUCE functions whose loops are nothing but sums (_dots, _mean_rstd, _sum, ...),
+# which compile to the same code in any caller; every other kernel only contracts
+# multiply-adds. Results depend on the vector width (one order per machine), never on the
+# thread count (each row is summed by one thread) or on the cache.
+_FASTMATH = {"contract"}
+_REDUCE = {"contract", "reassoc", "nsz"}
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -68,7 +76,7 @@ def _add_combination(out, coef, rows):
             out[k] += c * w[k]
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(cache=True, fastmath=_REDUCE, error_model="numpy")
 def _dots(out, rows, v):
     """out[j] = rows[j] · v; rows is (J, n)."""
     real = v.dtype.type
@@ -165,7 +173,15 @@ def _silu_project_discretize_rows(pre, proj, weight_t, bias, a, x, x_dbl, u, dec
                                        min(n, (j + 1) * _ROWS_PER_CHUNK))
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(cache=True, fastmath=_REDUCE, error_model="numpy")
+def _sum(row):
+    total = row.dtype.type(0)
+    for k in range(row.shape[0]):
+        total += row[k]
+    return total
+
+
+@njit(cache=True, fastmath=_REDUCE, error_model="numpy")
 def _mean_rstd(row, eps):
     # constants in the row's dtype: a Python int or float would promote float32 math to float64
     real = row.dtype.type

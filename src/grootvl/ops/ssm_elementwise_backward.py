@@ -26,8 +26,8 @@ from numba import njit, prange
 from torch import Tensor
 
 from ._vecmath_numba import exp, silu, softplus_and_sigmoid
-from .ssm_elementwise import (_FASTMATH, _ROWS_PER_CHUNK, _add_combination, _dots,
-                              _dt_projection_row, _mean_rstd)
+from .ssm_elementwise import (_FASTMATH, _REDUCE, _ROWS_PER_CHUNK, _add_combination, _dots,
+                              _dt_projection_row, _mean_rstd, _sum)
 
 __all__ = ["output_backward", "silu_project_discretize_backward"]
 
@@ -38,7 +38,20 @@ aten = torch.ops.aten
 
 # --------------------------------------------------------------------------- numba kernels
 # As in ssm_elementwise: prange bodies only call plain @njit functions, every constant is in
-# the row's dtype, and rows are staged through scratch rows so that loops vectorise.
+# the row's dtype, rows are staged through scratch rows so that loops vectorise, and sums
+# over a row are left to the _REDUCE helpers (a per-element term goes to a scratch row
+# first) so that their order does not depend on how numba compiled the caller.
+
+@njit(cache=True, fastmath=_REDUCE, error_model="numpy")
+def _sum_and_dot(g, x):
+    """(Σ g, Σ g·x) over a row."""
+    s1 = g.dtype.type(0)
+    s2 = g.dtype.type(0)
+    for k in range(g.shape[0]):
+        s1 += g[k]
+        s2 += g[k] * x[k]
+    return s1, s2
+
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _norm_input_grad_row(g_hat, xhat, rstd, out):
@@ -47,11 +60,7 @@ def _norm_input_grad_row(g_hat, xhat, rstd, out):
     g_hat."""
     real = xhat.dtype.type
     inv_n = real(1) / real(xhat.shape[0])
-    s1 = real(0)
-    s2 = real(0)
-    for k in range(xhat.shape[0]):
-        s1 += g_hat[k]
-        s2 += g_hat[k] * xhat[k]
+    s1, s2 = _sum_and_dot(g_hat, xhat)
     s1 *= inv_n
     s2 *= inv_n
     for k in range(xhat.shape[0]):
@@ -89,11 +98,10 @@ def _output_backward_row(g, h, c, pre, z, skip, w1, b1, eps1, w2, b2, eps2,
         acc[3, k] += g_n2
         tmp[k] = g_n2 * w2[k]
     _norm_input_grad_row(tmp, yhat, r2, tmp)  # tmp: grad of y = LN_h(h) c + skip x
-    grad_c = real(0)
-    for k in range(h.shape[0]):
+    for k in range(h.shape[0]):  # yhat is dead: it takes grad_c's terms
         g_y = tmp[k]
         hh = hhat[k]
-        grad_c += g_y * (hh * w1[k] + b1[k])
+        yhat[k] = g_y * (hh * w1[k] + b1[k])
         acc[4, k] += g_y * x[k]
         grad_x[k] = g_y * skip[k]
         g_n1 = g_y * c
@@ -102,7 +110,7 @@ def _output_backward_row(g, h, c, pre, z, skip, w1, b1, eps1, w2, b2, eps2,
         tmp[k] = g_n1 * w1[k]
         out[k] = out_row[k]
     _norm_input_grad_row(tmp, hhat, r1, grad_h)
-    return grad_c
+    return _sum(yhat)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -146,21 +154,20 @@ def _discretize_backward_row(gu, gl, lam, x_dbl, weight_t, bias, pre, a, grad_x,
         s = one / (one + exp(-pre[k]))
         sig[k] = s
         x[k] = pre[k] * s
-    grad_b = real(0)
     for k in range(pre.shape[0]):
         p = delta_pre[k]
         delta, sp = softplus_and_sigmoid(p)  # sp: softplus' derivative
         guk = gu[k]
         g_lam = gl[k] * lam[k]
         g_delta = guk * b * x[k] + g_lam * a[k]
-        grad_b += guk * delta * x[k]
+        delta_pre[k] = guk * delta * x[k]  # read above: now grad_b's term
         grad_x[k] += guk * delta * b
         acc[0, k] += g_lam * delta
         gp = g_delta if p > threshold else g_delta * sp
         gpre[k] = gp
         acc[1, k] += gp
     _dots(grad_x_dbl[:R], weight_t, gpre)
-    grad_x_dbl[R] = grad_b
+    grad_x_dbl[R] = _sum(delta_pre)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
