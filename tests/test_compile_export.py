@@ -14,7 +14,7 @@ import torch
 
 import grootvl  # noqa: F401  registers grootv_*
 from grootvl.models.compile import compile_model
-from grootvl.models.grootv import GrootVBlock
+from grootvl.models import GrootVBlock
 from grootvl.layers.tree_ssm import TOPOLOGIES, TreeSSM
 from grootvl.ops import grid_tree, random_grid_tree, tree_scan
 from grootvl.ops.tree_scan import _drop_padded_levels

@@ -236,7 +236,7 @@ def test_drop_path_is_linear_over_all_blocks():
 def test_drop_path_applied_in_the_residual_sum_matches_timm_drop_path():
     """Training blocks scale the branch inside the sum: the numbers, random draws and
     gradients of x + timm's DropPath(branch)."""
-    from grootvl.models.grootv import GrootVBlock
+    from grootvl.models import GrootVBlock
     torch.manual_seed(5)
     block = GrootVBlock(16, drop_path=0.5).train()
     x = torch.randn(6, 4, 5, 16, requires_grad=True)

@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from .blocks import GrootVBlock
+
 __all__ = ["compile_model"]
 
 
@@ -48,8 +50,6 @@ def compile_model(model: nn.Module, *, regional: bool = False, **compile_kwargs:
             _require_exact_view_strides(compile_kwargs)  # for a changing image size
         model.compile(**compile_kwargs)
         return model
-    from .grootv import GrootVBlock
-
     blocks = [m for m in model.modules() if isinstance(m, GrootVBlock)]
     if not blocks:
         raise ValueError(f"regional=True compiles GrootV blocks, but {type(model).__name__} has "
