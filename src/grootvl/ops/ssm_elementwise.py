@@ -31,14 +31,15 @@ IMPLS = ("torch", "numba")
 # error_model="numpy" (x / 0 gives inf, as in torch): numba's default Python error model
 # checks every division for zero, and that branch stops LLVM from vectorising the loop.
 # Sums over a row (LayerNorm statistics, dot products) are vectorised only if LLVM may
-# reassociate them, and then LLVM picks the summation order. It picks it per loop, and a
-# loop that also does other work is compiled differently when numba inlines its function
-# into a freshly compiled caller than when the caller comes from numba's on-disk cache: the
-# last bits of a gradient depended on whether the cache was warm. So "reassoc" is given
-# only to _REDUCE functions whose loops are nothing but sums (_dots, _mean_rstd, _sum, ...),
-# which compile to the same code in any caller; every other kernel only contracts
-# multiply-adds. Results depend on the vector width (one order per machine), never on the
-# thread count (each row is summed by one thread) or on the cache.
+# reassociate them, and then LLVM picks the summation order, per loop. A summing loop that
+# also did other work came out differently when its kernel was compiled in the running
+# process (optimised together with the kernels that call it) than when it was loaded from
+# numba's on-disk cache: the last bits of a gradient depended on whether the cache was
+# warm. So "reassoc" is given only to _REDUCE functions whose loops do nothing but sum
+# (_dots, _mean_rstd, _sum, ...); every other kernel only contracts multiply-adds.
+# tests/test_ssm_elementwise.py checks fresh and cached runs bit for bit. Results depend
+# on the vector width (one order per machine), not on the thread count (each row is summed
+# by one thread).
 _FASTMATH = {"contract"}
 _REDUCE = {"contract", "reassoc", "nsz"}
 
