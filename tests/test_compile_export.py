@@ -112,6 +112,20 @@ def test_compile_model_keeps_state_dict_names_and_rejects_non_grootv():
         compile_model(torch.nn.Linear(2, 2), regional=True)
 
 
+def test_inductor_options_are_only_those_the_installed_torch_knows(monkeypatch):
+    """PyTorch 2.11's Inductor has no strict_output_strides, and torch.compile refuses an
+    unknown option (seen on the lent GPU machine): compile_model must not pass it there."""
+    from grootvl.models import compile as compile_module
+
+    kwargs = {"mode": "max-autotune-no-cudagraphs", "dynamic": True}
+    compile_module._require_exact_view_strides(kwargs)
+    assert kwargs["options"]["strict_output_strides"] is True and "mode" not in kwargs
+    monkeypatch.setattr(compile_module, "_inductor_has_option", lambda name: False)
+    kwargs = {"mode": "max-autotune-no-cudagraphs", "dynamic": True}
+    compile_module._require_exact_view_strides(kwargs)
+    assert kwargs == {"mode": "max-autotune-no-cudagraphs", "dynamic": True}
+
+
 def test_regional_compilation_trains_blocks_of_every_size():
     """compile_model(regional=True): Inductor, one dynamic graph for blocks of any spatial size
     (the case that failed before Inductor was asked for exact view strides), gradients equal

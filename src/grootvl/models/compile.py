@@ -74,9 +74,13 @@ def _require_exact_view_strides(compile_kwargs: dict[str, Any]) -> None:
     Inductor keeps only the stride *order* of view outputs, and orders the strides by comparing
     symbolic expressions without its shape environment, which fails ("cannot determine truth
     value of Relational", PyTorch 2.14). Matching the strides exactly skips that comparison.
+    An Inductor without the option (PyTorch 2.11 has none) gets ``compile_kwargs`` unchanged:
+    torch.compile refuses options it does not know.
     """
     import torch._inductor
 
+    if not _inductor_has_option("strict_output_strides"):
+        return
     options = dict(compile_kwargs.pop("options", None) or {})
     mode = compile_kwargs.pop("mode", None)
     if mode is not None:
@@ -84,3 +88,9 @@ def _require_exact_view_strides(compile_kwargs: dict[str, Any]) -> None:
                    **options}
     options.setdefault("strict_output_strides", True)
     compile_kwargs["options"] = options
+
+
+def _inductor_has_option(name: str) -> bool:
+    import torch._inductor.config
+
+    return hasattr(torch._inductor.config, name)
